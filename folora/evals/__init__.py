@@ -1,0 +1,1 @@
+"""Evaluation: eval suites run through lm-eval, plus the KL divergence to the base model."""

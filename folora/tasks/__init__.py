@@ -1,0 +1,1 @@
+"""Training data per task: embedded generators and hub / local-file loaders, formatted as chat."""

@@ -1,0 +1,128 @@
+"""The training loop: AdamW (or the method's optimizer), linear warmup + cosine decay, gradient clipping and
+accumulation, fp32 on CPU and bf16 autocast on GPU, seeded. Readable top to bottom; methods plug in through
+`optimizer`, `regularizer` and `on_step`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from folora.errors import FoloraError
+from folora.methods import Method
+from folora.tasks.data import IGNORE_INDEX, collate
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    tokens: int
+    wall_s: float
+    losses: list[float] = field(default_factory=list)
+    logs: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    def to_dict(self) -> dict:
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return {"steps": self.steps, "tokens": self.tokens, "loss_first": self.losses[0], "loss_last": sum(tail) / len(tail),
+                "loss_min": min(self.losses), "loss_curve": [round(x, 5) for x in self.losses], "logs": self.logs}
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warmup to the peak learning rate, then cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def batches(examples: list[dict], batch_size: int, pad_id: int, seed: int):
+    """An endless stream of shuffled batches, a new permutation each epoch, deterministic in `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over response tokens (the caller divides by the step's token count)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: DictConfig, *, pad_id: int,
+          device: torch.device, seed: int, log) -> TrainSummary:
+    """Run `cfg.steps` optimizer steps of `cfg.grad_accum` micro-batches each; `log(metrics, step)` records."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = method.optimizer(params, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * cfg.steps), cfg.steps))
+    if len(examples) < cfg.batch_size:
+        raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
+    stream = batches(examples, cfg.batch_size, pad_id, seed)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    summary = TrainSummary(steps=0, tokens=0, wall_s=0.0)
+    model.train()
+    start = time.perf_counter()
+    progress = tqdm(range(cfg.steps), desc="train", unit="step", dynamic_ncols=True)
+    for step in progress:
+        micro = [{k: v.to(device) for k, v in next(stream).items()} for _ in range(cfg.grad_accum)]
+        # Normalize by the response tokens of the whole step, so accumulation equals one large batch.
+        n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+        step_loss = 0.0
+        for batch in micro:
+            with autocast:
+                loss = token_loss_sum(model, batch) / n_targets
+            loss.backward()
+            step_loss += loss.item()
+            summary.tokens += int(batch["attention_mask"].sum())
+        penalty = method.regularizer(model)
+        if penalty is not None:
+            penalty.backward()
+        if not math.isfinite(step_loss) or (penalty is not None and not torch.isfinite(penalty)):
+            raise FoloraError(f"The training loss became {step_loss} at step {step} (lr={schedule.get_last_lr()[0]:.2e}). "
+                              f"Lower train.lr (now {cfg.lr}), or check the data for empty or corrupt examples.")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        extra = method.on_step(step)
+        summary.steps = step + 1
+        summary.losses.append(step_loss)
+        elapsed = time.perf_counter() - start
+        progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            record = {"step": step + 1, "loss": step_loss, "lr": schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
+                      "tokens_per_s": summary.tokens / elapsed, **({"penalty": float(penalty)} if penalty is not None else {}),
+                      **extra}
+            summary.logs.append(record)
+            log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
+    summary.wall_s = time.perf_counter() - start
+    model.eval()
+    return summary
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, examples: list[dict], *, pad_id: int, device: torch.device,
+                    batch_size: int = 8) -> float:
+    """Mean response-token cross-entropy on held-out examples."""
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        total += float(token_loss_sum(model, batch))
+        count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return total / max(1, count)
