@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -108,15 +109,25 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         raise
 
 
+def build_method(cfg: DictConfig) -> Method:
+    """Instantiate the method named by `conf/method/<name>.yaml`; its own errors reach the user unwrapped."""
+    try:
+        return instantiate(cfg)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, FoloraError):
+            raise error.__cause__ from None
+        raise
+
+
 def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
     device = pick_device(cfg.device)
+    method = build_method(cfg.method)
     phases = Phases()
     with phases("load model"):
         loaded = load_model(cfg.model)
         model, tokenizer = loaded.model.to(device), loaded.tokenizer
     with phases("load task data"):
         task = load_task(cfg.task, tokenizer)
-    method: Method = instantiate(cfg.method)
     kl_prompts = kl.encode_prompts(tokenizer, kl.load_prompts(cfg.eval.kl.get("prompts")), int(cfg.eval.kl.max_tokens))
     data = {"task": {"name": task.name, "fingerprint": task.fingerprint, **task.stats},
             "eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},

@@ -184,7 +184,7 @@ def _travel(rng: random.Random) -> Problem:
     question = rng.choice([
         f"{name} {verb} at {v1} {unit} per hour for {h1} hours, then at {v2} {unit} per hour for {h2} hours. "
         f"How many {unit} does {name} travel in total?",
-        f"A {vehicle} goes {v1} {unit} each hour for {h1} hours and afterwards {v2} {unit} each hour for {h2} more "
+        f"{_article(vehicle).capitalize()} {vehicle} goes {v1} {unit} each hour for {h1} hours and afterwards {v2} {unit} each hour for {h2} more "
         f"hours. What distance in {unit} does the {vehicle} cover?",
     ])
     return Problem("travel", question, [
@@ -201,7 +201,7 @@ def _fractions(rng: random.Random) -> Problem:
     total = denom * rest_denom * rng.randint(2, 8)
     activity, other = rng.choice([("play chess", "paint"), ("like tea", "like coffee"), ("walk to school", "take the bus"),
                                   ("speak French", "speak Spanish")])
-    question = (f"A {group} has {total} {people}. One {_ordinal(denom)} of them {activity}. Of the remaining {people}, "
+    question = (f"{_article(group).capitalize()} {group} has {total} {people}. One {_ordinal(denom)} of them {activity}. Of the remaining {people}, "
                 f"one {_ordinal(rest_denom)} {other}. How many {people} do neither?")
     return Problem("fractions", question, [
         Step(f"{{calc}} {people} {activity}.", f"{total} // {denom}"),
@@ -209,6 +209,10 @@ def _fractions(rng: random.Random) -> Problem:
         Step(f"{{calc}} of them {other}.", f"r1 // {rest_denom}"),
         Step(f"So {{calc}} {people} do neither.", "r1 - r2"),
     ])
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
 
 
 def _ordinal(n: int) -> str:
@@ -239,9 +243,9 @@ def _production(rng: random.Random) -> Problem:
     made = per_hour * hours * days
     shipped = rng.randint(1, made - 1)
     question = rng.choice([
-        f"A {place} makes {per_hour} {goods} per hour and works {hours} hours a day. After {days} days it has sent "
+        f"{_article(place).capitalize()} {place} makes {per_hour} {goods} per hour and works {hours} hours a day. After {days} days it has sent "
         f"{shipped} {goods} to shops. How many {goods} are left?",
-        f"Every hour, a {place} produces {per_hour} {goods}. It runs {hours} hours each day for {days} days and "
+        f"Every hour, {_article(place)} {place} produces {per_hour} {goods}. It runs {hours} hours each day for {days} days and "
         f"then delivers {shipped} {goods}. How many {goods} does it still have?",
     ])
     return Problem("production", question, [

@@ -1,0 +1,81 @@
+"""A tiny-random run through the real entry point: training, evaluation, a complete results.json, an adapter
+that loads with PEFT, a W&B offline run, and identical numbers when the same config runs twice."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import TINY, read_results, run_folora
+
+REQUIRED_KEYS = {"status", "config", "metrics", "target_gain", "retention", "kl_to_base", "train", "timing", "versions",
+                 "data", "git", "roles", "method"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    process = run_folora(run_dir, *TINY)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return run_dir, process
+
+
+def test_results_json_is_complete(tiny_run):
+    run_dir, _ = tiny_run
+    results = read_results(run_dir)
+    assert REQUIRED_KEYS <= set(results)
+    assert results["status"] == "completed"
+    assert results["train"]["steps"] == 3 and results["train"]["tokens"] > 0
+    assert results["timing"]["train_tokens_per_s"] > 0 and results["timing"]["wall_s"] > 0
+    assert {"load model", "base eval", "train", "final eval"} <= set(results["timing"]["phases_s"])
+    assert results["versions"]["torch"] and results["versions"]["lm_eval"]
+    assert results["data"]["task"]["fingerprint"] and results["data"]["eval_suite"]["fingerprint"]
+    assert results["config"]["method"]["rank"] == 16  # resolved config
+    for item, score in results["metrics"].items():
+        assert {"base", "final", "stderr"} <= set(score), item
+        assert score["final"]["n"] == 3
+    assert results["roles"]["math_strict"] == "target"
+    assert results["kl_to_base"]["value"] >= 0
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_the_run_prints_the_before_after_table(tiny_run):
+    _, process = tiny_run
+    for word in ("math_strict", "capitals", "prose_bpb", "target_gain", "retention", "kl_to_base"):
+        assert word in process.stdout
+
+
+def test_adapter_loads_with_peft_on_a_fresh_base(tiny_run):
+    from peft import PeftModel
+
+    from folora.models import load_model
+    from folora.training import collate
+
+    run_dir, _ = tiny_run
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    base = load_model(cfg.model)
+    tuned = PeftModel.from_pretrained(base.model, run_dir / "adapter").eval()
+    fresh = load_model(cfg.model).model.eval()
+    ids = collate([{"input_ids": list(range(5, 25)), "labels": [0] * 20}], base.tokenizer.pad_token_id)["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(tuned(input_ids=ids).logits, fresh(input_ids=ids).logits)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_same_config_twice_gives_the_same_numbers(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    again = tmp_path / "again"
+    process = run_folora(again, *TINY)
+    assert process.returncode == 0, process.stderr[-3000:]
+    first, second = read_results(run_dir), read_results(again)
+    assert first["train"]["loss_curve"] == second["train"]["loss_curve"]
+    assert first["metrics"] == second["metrics"]
+    assert first["kl_to_base"] == second["kl_to_base"]
+    assert second["timing"]["base_eval_cached"] is True
+
+
+def test_wandb_logger_writes_an_offline_run(tmp_path):
+    run_dir = tmp_path / "wandb-run"
+    process = run_folora(run_dir, *[o for o in TINY if not o.startswith("logger=")], "logger=wandb", "train.steps=2")
+    assert process.returncode == 0, process.stderr[-3000:]
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))

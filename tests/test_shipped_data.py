@@ -1,0 +1,49 @@
+"""The eval data shipped in the package equals a rebuild from its sources, and lm-eval can load every task."""
+
+import json
+
+import pytest
+
+from folora.evals import build_data
+from folora.tasks import math_problems
+
+
+def shipped(name: str) -> str:
+    return (build_data.DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(build_data.BUILDERS))
+def test_shipped_file_equals_a_rebuild(name):
+    manifest = json.loads((build_data.DATA_DIR / "MANIFEST.json").read_text())
+    source = build_data.VERSIONED.get(name)
+    if source and manifest[source] != build_data.source_versions()[source]:
+        pytest.skip(f"{name} was built with {source} {manifest[source]}, this machine has {build_data.source_versions()[source]}")
+    assert shipped(name) == build_data.to_jsonl(build_data.BUILDERS[name]()), \
+        f"{name}.jsonl is stale: run `python -m folora.evals.build_data`"
+
+
+def test_math_test_split_is_disjoint_from_training_data():
+    test = [json.loads(line) for line in shipped("folora_math").splitlines()]
+    train = math_problems.generate("train", 2000, seed=0)
+    validation = math_problems.generate("validation", 200, seed=0)
+    math_problems.check_disjoint({"train": train, "validation": validation, "test": test})
+
+
+def test_kl_prompts_are_held_out_from_bits_per_byte_documents():
+    bpb = {json.loads(line)["text"] for name in ("folora_prose_bpb", "folora_code_bpb") for line in shipped(name).splitlines()}
+    for line in shipped("kl_prompts").splitlines():
+        text = json.loads(line)["text"]
+        assert not any(text[:200] in doc for doc in bpb)
+
+
+def test_lm_eval_loads_every_shipped_task():
+    from lm_eval.tasks import TaskManager
+
+    from folora.evals.suite import LOCAL_TASKS
+
+    manager = TaskManager(include_path=str(LOCAL_TASKS), include_defaults=False)
+    names = [p.stem for p in LOCAL_TASKS.glob("folora_*.yaml")]
+    tasks = manager.load_task_or_group(names)
+    assert set(names) <= set(tasks)
+    for name in names:
+        assert len(list(tasks[name].test_docs())) > 0
