@@ -19,7 +19,7 @@ def render(result: dict) -> str:
                      f"{score['final']['value'] - score['base']['value']:+.4f}",
                      f"{retained:.3f}" if retained is not None else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     gain, mean_retention = result["target_gain"], result["retention"]["mean"]
     kl = result["kl_to_base"]

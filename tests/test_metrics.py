@@ -53,11 +53,11 @@ def test_strict_and_flexible_extraction(math_task, response, target, strict, fle
 def test_bits_per_byte_stderr_matches_a_direct_delta_method():
     docs = ["a" * 100, "b" * 300, "c" * 200, "d" * 50]
     nll = [80.0, 150.0, 120.0, 60.0]
-    samples = [{"filtered_resps": [-x], "target": d} for x, d in zip(nll, docs)]
+    samples = [{"filtered_resps": [-x], "target": d} for x, d in zip(nll, docs, strict=False)]
     b = [len(d) for d in docs]
     ratio = sum(nll) / sum(b)
     n = len(b)
-    expected = math.sqrt(sum((x - ratio * y) ** 2 for x, y in zip(nll, b)) / (n - 1) / n) / (sum(b) / n) / math.log(2)
+    expected = math.sqrt(sum((x - ratio * y) ** 2 for x, y in zip(nll, b, strict=False)) / (n - 1) / n) / (sum(b) / n) / math.log(2)
     assert bits_per_byte_stderr(samples) == pytest.approx(expected)
     assert bits_per_byte_stderr(samples[:1]) is None
 

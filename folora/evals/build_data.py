@@ -84,6 +84,11 @@ def _spread(items: list[str], count: int, offset: int) -> list[str]:
     return [items[i * stride + offset] for i in range(count) if i * stride + offset < len(items)]
 
 
+def _without(chunks: list[str], records: list[dict]) -> list[str]:
+    taken = {r["text"] for r in records}
+    return [c for c in chunks if c not in taken]
+
+
 def prose_bpb() -> list[dict]:
     return [{"text": t} for t in _spread(prose_documents(1500), BPB_DOCS, offset=1)]
 
@@ -94,8 +99,9 @@ def code_bpb() -> list[dict]:
 
 def kl_prompts() -> list[dict]:
     """Held out from the bits-per-byte documents (another offset) and from the math test items."""
-    prose = _spread(prose_documents(600), KL_PROMPTS_PER_SOURCE, offset=3)
-    code = _spread(stdlib_code_documents(600), KL_PROMPTS_PER_SOURCE, offset=3)
+    # Same chunking as the bpb documents, with the bpb chunks removed first: no text is in both.
+    prose = [t[:600] for t in _spread(_without(prose_documents(1500), prose_bpb()), KL_PROMPTS_PER_SOURCE, 3)]
+    code = [t[:600] for t in _spread(_without(stdlib_code_documents(1500), code_bpb()), KL_PROMPTS_PER_SOURCE, 3)]
     questions = [r["question"] for r in math_problems.generate("validation", KL_PROMPTS_PER_SOURCE, seed=1)]
     return ([{"source": "prose", "text": t} for t in prose] + [{"source": "code", "text": t} for t in code]
             + [{"source": "math", "text": q, "chat": True} for q in questions])

@@ -46,7 +46,7 @@ def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], dev
 def kl_to_reference(reference: list[torch.Tensor], current: list[torch.Tensor]) -> dict:
     """Mean per-token KL(reference || current) per prompt, then its mean and standard error over prompts."""
     per_prompt = []
-    for ref, cur in zip(reference, current):
+    for ref, cur in zip(reference, current, strict=False):
         kl = (ref.exp() * (ref - cur)).sum(-1)
         per_prompt.append(float(kl.mean()))
     n = len(per_prompt)

@@ -113,7 +113,7 @@ def bits_per_byte_stderr(samples: list[dict]) -> float | None:
     if n < 2:
         return None
     ratio = sum(nll) / sum(nbytes)
-    residuals = [loss - ratio * b for loss, b in zip(nll, nbytes)]
+    residuals = [loss - ratio * b for loss, b in zip(nll, nbytes, strict=False)]
     mean_bytes = sum(nbytes) / n
     variance = sum(r * r for r in residuals) / (n - 1)
     return math.sqrt(variance / n) / mean_bytes / math.log(2)

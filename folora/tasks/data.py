@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from folora.errors import FoloraError
 

@@ -131,7 +131,7 @@ def _shopping(rng: random.Random) -> Problem:
         Step(f"The {p1} cost {{calc}} dollars.", f"{n1} * {c1}"),
         Step(f"The {p2} cost {{calc}} dollars.", f"{n2} * {c2}"),
         Step("Together they cost {calc} dollars.", "r0 + r1"),
-        Step(f"The change is {{calc}} dollars.", f"{bill} - r2"),
+        Step("The change is {calc} dollars.", f"{bill} - r2"),
     ])
 
 
