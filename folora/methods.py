@@ -14,24 +14,32 @@ so sweeps can trace one curve per method without knowing which method it is.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from folora.errors import FoloraError
 
 
 @dataclass
 class MethodContext:
-    """What a method may use while preparing: the tokenizer, tokenized training examples, seed and device."""
+    """What a method may use while preparing: the tokenizer, tokenized training examples, seed, device, where to
+    cache, the base model's fingerprint (a cache key), and `phase(name)`, a context manager that times a named
+    sub-phase into results.json (`timing.phases_s`); phases named `calibration/...` add up to `timing.calibration_s`."""
 
     tokenizer: object
     train_examples: list[dict]
     seed: int
     device: torch.device
     cache_dir: Path
+    model_fingerprint: str = ""
+    phase: Callable[[str], AbstractContextManager] = lambda name: nullcontext()
     extras: dict = field(default_factory=dict)
 
 
@@ -55,9 +63,62 @@ class Method:
     def on_step(self, step: int) -> dict:
         return {}
 
+    def summary(self) -> dict:
+        """What the method wants recorded in results.json under `method` (calibration statistics, ...)."""
+        return {}
+
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """Save a PEFT adapter (adapter_config.json + adapter_model.safetensors)."""
         model.save_pretrained(path)
+
+
+class PeftLoRAMethod(Method):
+    """Shared by every method built on a PEFT LoRA adapter: the adapter config, wrapping, and finding the layers.
+
+    Subclasses change the initialization (`prepare`), the optimizer, the regularizer or the export."""
+
+    def __init__(self, name: str, knob: str, rank: int = 16, alpha: float = 32, dropout: float = 0.05,
+                 target_modules="all-linear", **options):
+        super().__init__(name, knob, **options)
+        check_rank(int(rank))
+        targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+        self.lora_config = LoraConfig(r=int(rank), lora_alpha=alpha, lora_dropout=float(dropout),
+                                      target_modules=targets, task_type="CAUSAL_LM")
+
+    @property
+    def scale(self) -> float:
+        return self.lora_config.lora_alpha / self.lora_config.r
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        peft_model = get_peft_model(model, self.lora_config)
+        check_rank(self.lora_config.r, peft_model)
+        return peft_model
+
+    def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        return self.wrap(model)
+
+
+def lora_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name relative to the base model, module) for every LoRA-wrapped linear layer of a PEFT model."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
+            found.append((name.removeprefix("base_model.model."), module))
+    return found
+
+
+def linear_layer_names(model: torch.nn.Module, lora_config: LoraConfig) -> list[str]:
+    """The names of the base model's linear layers that `lora_config` adapts: every linear layer but the output
+    head for `all-linear` (PEFT's rule), else those whose name or last name component is listed."""
+    targets = lora_config.target_modules
+    head = model.get_output_embeddings()
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        if targets == "all-linear" or name in targets or name.rsplit(".", 1)[-1] in targets:
+            names.append(name)
+    return names
 
 
 def check_rank(rank: int, model: torch.nn.Module | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,11 +19,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _stop_on_sigterm(signum, frame):
+    # A scheduler's SIGTERM (Slurm preemption, `kill`) becomes an exception, so the run records status=failed.
+    raise SystemExit(f"terminated by signal {signum}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from folora.runner import run_experiment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         run_experiment(cfg, run_dir)
     except FoloraError as error:

@@ -141,7 +141,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
         reference = kl.next_token_logprobs(model, kl_prompts, device)
 
     context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
-                            cache_dir=cache_dir())
+                            cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases)
     with phases("prepare method"):
         model = method.prepare(model, context).to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -168,7 +168,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
         "kl_to_base": kl_score,
         "train": {**summary.to_dict(), "trainable_params": trainable, "validation_loss": val_loss},
         "timing": {"phases_s": phases.seconds, "train_tokens_per_s": round(summary.tokens_per_s, 2),
+                   "calibration_s": round(sum(s for p, s in phases.seconds.items() if p.startswith("calibration/")), 3),
                    "base_eval_cached": cached},
-        "method": {"name": method.name, "knob": method.knob, "knob_value": OmegaConf.select(cfg, method.knob)},
+        "method": {"name": method.name, "knob": method.knob, "knob_value": OmegaConf.select(cfg, method.knob),
+                   **method.summary()},
         "adapter": str(run_dir / "adapter"),
     }

@@ -1,0 +1,183 @@
+"""FoLoRA: LoRA trained by gated Adam in a generalized-Rayleigh spectral basis, calibrated on data the base
+model samples itself. Reconstructed from the paper's abstract (arXiv 2606.00132); docs/folora.md says which
+parts are ours. The pieces:
+
+1. `folora.proxy`       N sequences sampled from the base model (cached).
+2. `folora.covariance`  C_p over proxy tokens and C_t over task tokens, per group of layers sharing an input.
+3. `folora.spectral`    C_t v = λ (C_p + εI) v, per group.
+4. `folora.gated_adam`  Adam with A's moments in the spectral coordinates, steps gated by g(λ); B gated in the
+                        restricted r × r problem.
+
+Optionally C_t is refreshed during training from an EMA of the activations the adapted layers see, and the
+basis recomputed every `refresh_every` steps.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from folora.covariance import InputGroup, find_input_groups, streamed_covariances, token_batches
+from folora.errors import require
+from folora.gated_adam import GATES, GatedSpectralAdam
+from folora.methods import MethodContext, PeftLoRAMethod, linear_layer_names, lora_layers
+from folora.proxy import ProxyConfig, sample_proxy
+from folora.spectral import Basis, solve
+from folora.tasks.data import collate
+
+
+class FoLoRA(PeftLoRAMethod):
+    def __init__(self, name: str = "folora", knob: str = "method.kappa", *, kappa: float = 1.0, gate: str = "rational",
+                 tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, a_init: str = "kaiming",
+                 damping: float = 1e-4, top_k: int | None = None, top_k_min_dim: int = 4096, b_damping: float = 1e-6,
+                 refresh_every: int = 0, refresh_ema: float = 0.9, proxy: dict | None = None,
+                 calibration: dict | None = None, **lora_options):
+        super().__init__(name, knob, **lora_options)
+        require(gate in GATES, f"method.gate={gate!r} is not one of {', '.join(GATES)}.")
+        require(kappa >= 0, f"method.kappa={kappa} must be >= 0 (0 turns the gates off).")
+        require(a_init in ("kaiming", "spectral"), f"method.a_init={a_init!r} must be kaiming or spectral.")
+        require(damping > 0, f"method.damping={damping} must be positive.")
+        require(refresh_every >= 0 and 0 <= refresh_ema < 1, "method.refresh_every must be >= 0 and refresh_ema in [0, 1).")
+        self.kappa, self.gate_kind, self.tau = float(kappa), gate, float(tau)
+        self.gate_a, self.gate_b, self.a_init = bool(gate_a), bool(gate_b), a_init
+        self.damping, self.b_damping = float(damping), float(b_damping)
+        self.top_k, self.top_k_min_dim = (int(top_k) if top_k else None), int(top_k_min_dim)
+        self.refresh_every, self.refresh_ema = int(refresh_every), float(refresh_ema)
+        self.proxy_options = _plain(proxy)
+        calibration = _plain(calibration)
+        self.task_examples = int(calibration.get("task_examples", 64))
+        self.calib_batch_size = int(calibration.get("batch_size", 8))
+        self.groups_per_pass = calibration.get("groups_per_pass")
+        self.bases: dict[str, Basis] = {}
+        self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter, Basis]] = []
+        self.calibration_stats: dict = {}
+        self._optimizer: GatedSpectralAdam | None = None
+        self._refresher: _TaskCovarianceEMA | None = None
+
+    # --- calibration ----------------------------------------------------------------------------------------------
+
+    def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        names = linear_layer_names(model, self.lora_config)
+        proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
+        with ctx.phase("calibration/proxy sampling"):
+            proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
+                                 cache_dir=ctx.cache_dir, device=ctx.device)
+        pad = ctx.tokenizer.pad_token_id
+        proxy_batches = list(token_batches(proxy.sequences, self.calib_batch_size, pad))
+        task = ctx.train_examples[: self.task_examples]
+        task_batches = [collate(task[i:i + self.calib_batch_size], pad) for i in range(0, len(task), self.calib_batch_size)]
+        task_batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in task_batches]
+        groups = find_input_groups(model, names, {k: v.to(ctx.device) for k, v in proxy_batches[0].items()})
+        solve_seconds = [0.0]
+
+        def consume(group: InputGroup, c_t: torch.Tensor, c_p: torch.Tensor) -> None:
+            start = time.perf_counter()
+            top_k = self.top_k if (self.top_k and group.dim >= self.top_k_min_dim) else None
+            self.bases[group.key] = solve(c_t, c_p, damping=self.damping, top_k=top_k)
+            if self.refresh_every:
+                self._covariances[group.key] = (c_t, c_p)
+            solve_seconds[0] += time.perf_counter() - start
+
+        self._covariances: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with ctx.phase("calibration/covariances and solve"):
+            counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume, self.groups_per_pass)
+        self.member_of = {name: g.key for g in groups for name in g.members}
+        self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
+                                  "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
+                                  "damping_max": max(b.damping for b in self.bases.values())}
+        peft_model = self.wrap(model)
+        self.pairs = []
+        for name, layer in lora_layers(peft_model):
+            basis = self.bases[self.member_of[name]]
+            a = layer.lora_A["default"].weight
+            b = layer.lora_B["default"].weight
+            if self.a_init == "spectral":
+                _spectral_init(a, basis)
+            self.pairs.append((a, b, basis))
+        if self.refresh_every:
+            start = {key: c_t for key, (c_t, _) in self._covariances.items()}
+            self._refresher = _TaskCovarianceEMA(peft_model, start, self.refresh_ema)
+        return peft_model
+
+    def _spectrum_summary(self) -> dict:
+        lams = torch.cat([b.lam.float() for b in self.bases.values()])
+        quantiles = torch.quantile(lams, torch.tensor([0.1, 0.5, 0.9]))
+        return {"lambda_p10": float(quantiles[0]), "lambda_median": float(quantiles[1]),
+                "lambda_p90": float(quantiles[2]), "lambda_max": float(lams.max())}
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def optimizer(self, params: list[torch.nn.Parameter], train: DictConfig) -> torch.optim.Optimizer:
+        paired = {id(p) for a, b, _ in self.pairs for p in (a, b)}
+        others = [p for p in params if id(p) not in paired]
+        self._optimizer = GatedSpectralAdam(self.pairs, others, lr=float(train.lr), betas=tuple(train.betas),
+                                            weight_decay=float(train.weight_decay), gate_kind=self.gate_kind,
+                                            kappa=self.kappa, tau=self.tau, gate_a=self.gate_a, gate_b=self.gate_b,
+                                            b_damping=self.b_damping)
+        return self._optimizer
+
+    def on_step(self, step: int) -> dict:
+        """Forgetting watched live: the proxy-penalty and utility estimates and the gate statistics."""
+        if self._refresher is not None and (step + 1) % self.refresh_every == 0:
+            self._refresh_basis()
+        return self._optimizer.statistics([self.scale] * len(self.pairs)) if self._optimizer else {}
+
+    def _refresh_basis(self) -> None:
+        """Recompute V from the EMA of task activations; map A's moments to the new coordinates."""
+        for key, c_t in self._refresher.covariances().items():
+            old = self.bases[key]
+            new = solve(c_t, self._covariances[key][1], damping=self.damping, top_k=old.k if old.lam_rest else None)
+            transform = (old.PV.T @ new.V).to(old.V.dtype)  # Z_new = Z_old · PV_oldᵀ V_new
+            for group in self._optimizer.param_groups:
+                if group["V"] is old.V:
+                    state = self._optimizer.state[group["params"][0]]
+                    if "z_exp_avg" in state:
+                        state["z_exp_avg"] = state["z_exp_avg"] @ transform
+                        state["z_exp_avg_sq"] = state["z_exp_avg_sq"] @ (transform * transform)
+                    group.update(V=new.V, PV=new.PV, lam=new.lam, lam_rest=new.lam_rest)
+            self.bases[key] = new
+
+    def summary(self) -> dict:
+        return {"calibration": self.calibration_stats}
+
+
+def _spectral_init(a: torch.nn.Parameter, basis: Basis) -> None:
+    """A's rows = the top-r generalized eigenvectors, scaled to the Frobenius norm of the Kaiming init."""
+    r = a.shape[0]
+    rows = basis.V[:, :r].T.to(a.dtype)
+    with torch.no_grad():
+        a.copy_(rows * (a.norm() / rows.norm().clamp_min(1e-12)))
+
+
+class _TaskCovarianceEMA:
+    """Forward pre-hooks on the adapted layers keeping an EMA of each group's input covariance during training."""
+
+    def __init__(self, model: torch.nn.Module, start: dict[str, torch.Tensor], decay: float):
+        self.decay = decay
+        self.values = dict(start)   # the calibration C_t, updated by every training forward
+        for name, layer in lora_layers(model):
+            if name in start:
+                layer.register_forward_pre_hook(self._hook(name))
+
+    def _hook(self, key: str):
+        def hook(module, args):
+            if not module.training:
+                return
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            cov = x.T @ x / max(1, x.shape[0])   # padding included: a cheap running estimate
+            cov = cov / torch.diagonal(cov).mean().clamp_min(1e-30)   # same scale as the trace-normalized start
+            start = self.values[key]
+            self.values[key] = (start / torch.diagonal(start).mean()).lerp(cov, 1 - self.decay)
+        return hook
+
+    def covariances(self) -> dict[str, torch.Tensor]:
+        return dict(self.values)
+
+
+def _plain(options) -> dict:
+    if options is None:
+        return {}
+    return OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else dict(options)
+

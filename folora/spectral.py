@@ -1,0 +1,76 @@
+"""The generalized Rayleigh problem `C_t v = λ (C_p + εI) v`.
+
+For an input direction v, `λ(v) = vᵀC_t v / vᵀC_p v` is task utility per unit of forgetting penalty. The solve
+is in float64: both matrices are trace-normalized (mean diagonal 1, so λ is comparable across layers and the
+damping is relative), `C_p + εI = L Lᵀ` by Cholesky, `L⁻¹ C_t L⁻ᵀ = U Λ Uᵀ` by `eigh`, and `V = L⁻ᵀ U`, so that
+`Vᵀ (C_p + εI) V = I` and `Vᵀ C_t V = Λ`. Where Cholesky fails (a rank-deficient proxy covariance), the damping
+is raised tenfold until it succeeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from folora.errors import FoloraError
+
+
+@dataclass
+class Basis:
+    """The solution for one input group, eigenvalues descending.
+
+    V: d × k with Vᵀ (C_p + εI) V = I; PV = (C_p + εI) V, so that Z = A · PV are A's spectral coordinates;
+    lam: the k eigenvalues; lam_rest: mean eigenvalue of the d − k directions left out (top-k mode), else None.
+    """
+
+    V: torch.Tensor
+    PV: torch.Tensor
+    lam: torch.Tensor
+    damping: float
+    lam_rest: float | None = None
+
+    @property
+    def k(self) -> int:
+        return self.V.shape[1]
+
+
+def trace_normalize(c: torch.Tensor) -> torch.Tensor:
+    """Scale so that the mean diagonal entry is 1."""
+    scale = torch.diagonal(c).mean()
+    if not torch.isfinite(scale) or scale <= 0:
+        raise FoloraError("A covariance has zero or non-finite trace: the calibration data produced no usable tokens "
+                          "for this layer; check the task data and the proxy sampler settings.")
+    return c / scale
+
+
+def solve(c_t: torch.Tensor, c_p: torch.Tensor, damping: float = 1e-4, top_k: int | None = None,
+          max_tries: int = 8, dtype: torch.dtype = torch.float32) -> Basis:
+    """Generalized eigenvectors of (C_t, C_p + εI), ε = damping · mean(diag C_p) after trace normalization."""
+    c_t = trace_normalize(c_t.double())
+    c_p = trace_normalize(c_p.double())
+    c_t = (c_t + c_t.T) / 2
+    c_p = (c_p + c_p.T) / 2
+    eye = torch.eye(c_p.shape[0], dtype=torch.float64, device=c_p.device)
+    for _ in range(max_tries):
+        damped = c_p + damping * eye
+        chol, info = torch.linalg.cholesky_ex(damped)
+        if int(info) == 0:
+            break
+        damping *= 10
+    else:
+        raise FoloraError(f"Cholesky of the proxy covariance failed even with damping {damping:g}; the proxy data may "
+                          "be degenerate (raise method.proxy.num_sequences).")
+    # M = L⁻¹ C_t L⁻ᵀ
+    left = torch.linalg.solve_triangular(chol, c_t, upper=False)
+    whitened = torch.linalg.solve_triangular(chol, left.T, upper=False)
+    whitened = (whitened + whitened.T) / 2
+    lam, u = torch.linalg.eigh(whitened)
+    lam, u = lam.flip(0), u.flip(1)
+    v = torch.linalg.solve_triangular(chol.T, u, upper=True)   # V = L⁻ᵀ U
+    lam_rest = None
+    if top_k is not None and top_k < v.shape[1]:
+        lam_rest = float(lam[top_k:].mean())
+        lam, v = lam[:top_k], v[:, :top_k]
+    pv = damped @ v
+    return Basis(V=v.to(dtype), PV=pv.to(dtype), lam=lam.clamp_min(0).to(dtype), damping=damping, lam_rest=lam_rest)
