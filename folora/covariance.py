@@ -28,7 +28,7 @@ class InputGroup:
 def find_input_groups(model: torch.nn.Module, names: list[str], probe: dict[str, torch.Tensor]) -> list[InputGroup]:
     """Group the named linear modules by the tensor they read, using one forward pass on `probe`."""
     modules = dict(model.named_modules())
-    reads: dict[str, int] = {}
+    reads: dict[str, torch.Tensor] = {}   # the tensors themselves: alive, so no two can share an identity
     handles = [modules[n].register_forward_pre_hook(_record_input(reads, n)) for n in names]
     try:
         with torch.no_grad():
@@ -38,17 +38,16 @@ def find_input_groups(model: torch.nn.Module, names: list[str], probe: dict[str,
             h.remove()
     groups: dict[int, InputGroup] = {}
     for name in names:
-        pointer = reads[name]
-        if pointer not in groups:
-            groups[pointer] = InputGroup(key=name, members=[], dim=_in_features(modules[name]))
-        groups[pointer].members.append(name)
+        identity = id(reads[name])
+        if identity not in groups:
+            groups[identity] = InputGroup(key=name, members=[], dim=_in_features(modules[name]))
+        groups[identity].members.append(name)
     return list(groups.values())
 
 
 def _record_input(reads: dict, name: str):
     def hook(module, args):
-        x = args[0]
-        reads[name] = (x.data_ptr(), tuple(x.shape))
+        reads[name] = args[0]
     return hook
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from folora.covariance import InputGroup, find_input_groups, streamed_covariances, token_batches
 from folora.errors import require
 from folora.gated_adam import GATES, GatedSpectralAdam
-from folora.methods import MethodContext, PeftLoRAMethod, linear_layer_names, lora_layers
+from folora.methods import MethodContext, PeftLoRAMethod, check_rank, linear_layer_names, lora_layers
 from folora.proxy import ProxyConfig, sample_proxy
 from folora.spectral import Basis, solve
 from folora.tasks.data import collate
@@ -60,6 +60,7 @@ class FoLoRA(PeftLoRAMethod):
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         names = linear_layer_names(model, self.lora_config)
+        check_rank(self.lora_config.r, model, names)   # before calibration, which takes a while
         proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
         with ctx.phase("calibration/proxy sampling"):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
@@ -118,10 +119,12 @@ class FoLoRA(PeftLoRAMethod):
                                             b_damping=self.b_damping)
         return self._optimizer
 
-    def on_step(self, step: int) -> dict:
-        """Forgetting watched live: the proxy-penalty and utility estimates and the gate statistics."""
+    def on_step(self, step: int) -> None:
         if self._refresher is not None and (step + 1) % self.refresh_every == 0:
             self._refresh_basis()
+
+    def step_metrics(self) -> dict:
+        """Forgetting watched live: the proxy-penalty and utility estimates and the gate statistics."""
         return self._optimizer.statistics([self.scale] * len(self.pairs)) if self._optimizer else {}
 
     def _refresh_basis(self) -> None:

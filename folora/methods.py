@@ -5,7 +5,7 @@ class; Hydra instantiates it with the YAML's options. The runner calls, in order
 
     model = method.prepare(model, ctx)      # wrap with adapters, apply the init, calibrate from ctx
     opt   = method.optimizer(params, train) # default AdamW
-    ... each step: loss + method.regularizer(model); method.on_step(step) -> metrics to log
+    ... each step: loss + method.regularizer(model); method.on_step(step); at log steps method.step_metrics()
     method.export(model, path)              # a PEFT adapter that loads on the unmodified base model
 
 Each YAML also names its `knob`: the config key that moves the method along the learning-forgetting trade-off,
@@ -60,7 +60,11 @@ class Method:
     def regularizer(self, model: torch.nn.Module) -> torch.Tensor | None:
         return None
 
-    def on_step(self, step: int) -> dict:
+    def on_step(self, step: int) -> None:
+        """Called after every optimizer step (e.g. to refresh a basis)."""
+
+    def step_metrics(self) -> dict:
+        """Method-specific statistics, computed only at logging steps (every `train.log_every`)."""
         return {}
 
     def summary(self) -> dict:
@@ -121,12 +125,13 @@ def linear_layer_names(model: torch.nn.Module, lora_config: LoraConfig) -> list[
     return names
 
 
-def check_rank(rank: int, model: torch.nn.Module | None = None) -> None:
-    """Refuse a rank that is not positive or exceeds the smaller dimension of an adapted layer of `model`."""
+def check_rank(rank: int, model: torch.nn.Module | None = None, layer_names: list[str] | None = None) -> None:
+    """Refuse a rank that is not positive or exceeds the smaller dimension of an adapted layer of `model` (a PEFT
+    model, or a base model together with the names of the layers that will be adapted)."""
     if rank <= 0:
         raise FoloraError(f"method.rank={rank}: the adapter rank must be a positive integer (e.g. method.rank=16).")
     for name, module in (model.named_modules() if model is not None else ()):
-        base = getattr(module, "base_layer", None)
+        base = getattr(module, "base_layer", module if layer_names is not None and name in layer_names else None)
         if isinstance(base, torch.nn.Linear):
             limit = min(base.in_features, base.out_features)
             if rank > limit:

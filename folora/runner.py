@@ -1,7 +1,7 @@
 """One experiment, top to bottom: load -> base eval (cached) -> prepare the method -> train -> eval -> record.
 
 The runner knows the Method interface, not the methods: everything method-specific happens behind
-`prepare`, `optimizer`, `regularizer`, `on_step` and `export`.
+`prepare`, `optimizer`, `regularizer`, `on_step`, `step_metrics`, `summary` and `export`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training loop: AdamW (or the method's optimizer), linear warmup + cosine decay, gradient clipping and
 accumulation, fp32 on CPU and bf16 autocast on GPU, seeded. Readable top to bottom; methods plug in through
-`optimizer`, `regularizer` and `on_step`."""
+`optimizer`, `regularizer`, `on_step` and `step_metrics`."""
 
 from __future__ import annotations
 
@@ -100,12 +100,13 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        extra = method.on_step(step)
+        method.on_step(step)
         summary.steps = step + 1
         summary.losses.append(step_loss)
         elapsed = time.perf_counter() - start
         progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            extra = method.step_metrics()
             record = {"step": step + 1, "loss": step_loss, "lr": schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
                       "tokens_per_s": summary.tokens / elapsed, **({"penalty": float(penalty)} if penalty is not None else {}),
                       **extra}

@@ -38,6 +38,26 @@ def test_results_json_is_complete(tiny_run):
     assert (run_dir / "config.yaml").is_file()
 
 
+def test_the_default_method_is_folora_with_calibration_timed_and_forgetting_watched(tiny_run):
+    results = read_results(tiny_run[0])
+    assert results["method"]["name"] == "folora" and results["method"]["knob"] == "method.kappa"
+    phases = results["timing"]["phases_s"]
+    assert {"calibration/proxy sampling", "calibration/covariances and solve"} <= set(phases)
+    assert results["timing"]["calibration_s"] == pytest.approx(
+        phases["calibration/proxy sampling"] + phases["calibration/covariances and solve"], abs=2e-3)
+    assert results["method"]["calibration"]["proxy"]["sequences"] > 0
+    for log in results["train"]["logs"]:
+        assert {"proxy_penalty", "task_utility", "gate_a_mean", "gate_b_mean"} <= set(log)
+
+
+def test_lora_runs_through_the_same_entry_point(tmp_path):
+    process = run_folora(tmp_path / "lora", *TINY, "method=lora")
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = read_results(tmp_path / "lora")
+    assert results["status"] == "completed" and results["method"]["name"] == "lora"
+    assert results["timing"]["calibration_s"] == 0
+
+
 def test_the_run_prints_the_before_after_table(tiny_run):
     _, process = tiny_run
     for word in ("math_strict", "capitals", "prose_bpb", "target_gain", "retention", "kl_to_base"):

@@ -23,7 +23,11 @@ def assert_clean_failure(run_dir, process, *phrases):
     (["train.steps=0"], ["train.steps=0", "must be positive"]),
     (["task=math-gsm8k", "task.data_files=/nonexistent/train.jsonl"], ["Data file not found: /nonexistent/train.jsonl"]),
     (["train.lr=1e30", "train.steps=3", "train.max_grad_norm=1e30"], ["The training loss became", "Lower train.lr"]),
-], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "missing-data-file", "nan-loss"])
+    (["method.kappa=-1"], ["method.kappa=-1", "must be >= 0"]),
+    (["method.gate=cosine"], ["method.gate='cosine'", "rational"]),
+    (["method=lora", "method.rank=1000"], ["method.rank=1000 is larger than layer"]),
+], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "missing-data-file", "nan-loss", "kappa-negative",
+        "unknown-gate", "lora-rank-too-large"])
 def test_user_errors(tmp_path, overrides, phrases):
     run_dir = tmp_path / "run"
     process = run_folora(run_dir, *TINY, *overrides)

@@ -1,0 +1,93 @@
+"""One SVD-slice initializer for three methods: PiSSA (top of the spectrum, Meng et al. 2024), MiLoRA (bottom,
+Wang et al. 2024) and intermediate principal components (a middle slice, Quercia et al. 2026, "Least but not Last").
+
+For each adapted W (d_out × d_in): W = U S Vᵀ in fp32; take singular indices [o, o + r); with S_sel ← S_sel / s
+(s = α / r), B = U_sel √S_sel, A = √S_sel V_selᵀ, and W_res = W − s·B·A is written into the frozen base weight.
+Training therefore starts at the base model's function. The export converts to a plain LoRA adapter that loads on
+the unmodified base: ΔW = s(BA − B₀A₀) = s[B | −B₀][A ; A₀] (PEFT's conversion; rank and alpha double).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from folora.errors import FoloraError
+from folora.methods import MethodContext, PeftLoRAMethod, lora_layers
+
+NAMED_OFFSETS = ("top", "bottom", "middle")
+
+
+def slice_offset(offset, m: int, r: int) -> int:
+    """The first singular index of the slice: `top` 0, `bottom` m − r, `middle` ⌊(m − r)/2⌋, an int index, or a
+    float in [0, 1] as a fraction of the free range m − r."""
+    if r > m:
+        raise FoloraError(f"method.rank={r} is larger than the layer's {m} singular values; choose method.rank <= {m}.")
+    free = m - r
+    if offset == "top":
+        return 0
+    if offset == "bottom":
+        return free
+    if offset == "middle":
+        return free // 2
+    if isinstance(offset, float) or (isinstance(offset, str) and "." in offset):
+        fraction = float(offset)
+        if not 0.0 <= fraction <= 1.0:
+            raise FoloraError(f"method.offset={offset}: a fractional offset must be in [0, 1].")
+        return round(fraction * free)
+    index = int(offset)
+    if not 0 <= index <= free:
+        raise FoloraError(f"method.offset={index}: the slice [{index}, {index + r}) does not fit in {m} singular values; "
+                          f"use 0..{free}, a fraction in [0, 1], or top/middle/bottom.")
+    return index
+
+
+def svd_slice(weight: torch.Tensor, rank: int, offset, scale: float):
+    """(A, B, W_res, selected singular values) for one weight matrix, in fp32."""
+    w = weight.detach().float()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    o = slice_offset(offset, s.numel(), rank)
+    selected = s[o:o + rank]
+    root = torch.sqrt(selected / scale)
+    b = u[:, o:o + rank] * root
+    a = root[:, None] * vh[o:o + rank]
+    return a, b, w - scale * b @ a, selected
+
+
+class SVDSlice(PeftLoRAMethod):
+    def __init__(self, name: str = "intermediate_pc", knob: str = "method.offset", offset="middle", **lora_options):
+        super().__init__(name, knob, **lora_options)
+        if isinstance(offset, str) and offset not in NAMED_OFFSETS:
+            try:
+                float(offset)
+            except ValueError:
+                raise FoloraError(f"method.offset={offset!r} must be top, middle, bottom, an index or a fraction.") from None
+        self.offset = offset
+        self.selected: dict[str, torch.Tensor] = {}
+        self._initial: tempfile.TemporaryDirectory | None = None
+
+    def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        peft_model = self.wrap(model)
+        for name, layer in lora_layers(peft_model):
+            base = layer.base_layer
+            a, b, residual, selected = svd_slice(base.weight, self.lora_config.r, self.offset, layer.scaling["default"])
+            with torch.no_grad():
+                base.weight.copy_(residual.to(base.weight.dtype))
+                layer.lora_A["default"].weight.copy_(a)
+                layer.lora_B["default"].weight.copy_(b)
+            self.selected[name] = selected
+        # The initial adapter, kept for the export's conversion to a plain LoRA on the unmodified base.
+        self._initial = tempfile.TemporaryDirectory(prefix="folora-svd-init-")
+        peft_model.save_pretrained(Path(self._initial.name) / "initial")
+        return peft_model
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        model.save_pretrained(path, path_initial_model_for_weight_conversion=str(Path(self._initial.name) / "initial"))
+
+    def summary(self) -> dict:
+        if not self.selected:
+            return {}
+        first = next(iter(self.selected.values()))
+        return {"offset": self.offset, "first_layer_singular_values": [round(float(v), 5) for v in first]}

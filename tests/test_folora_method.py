@@ -1,0 +1,101 @@
+"""FoLoRA's calibration on a tiny model: the proxy sampler, the covariance hooks, and the method's wiring."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from folora.covariance import accumulate, find_input_groups, token_batches
+from folora.fo_lora import FoLoRA
+from folora.methods import MethodContext, linear_layer_names
+from folora.models import load_model
+from folora.proxy import ProxyConfig, sample_proxy
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml"))
+
+
+def sample(tiny, cache_dir, **options):
+    cfg = ProxyConfig(num_sequences=12, length=10, batch_size=5, **options)
+    return sample_proxy(tiny.model, tiny.tokenizer, cfg, model_fingerprint=tiny.fingerprint, cache_dir=cache_dir,
+                        device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("start", ["bos", "random_token", "seeds"])
+def test_proxy_sampling_is_deterministic_distinct_and_cached(tiny, tmp_path, start):
+    first = sample(tiny, tmp_path / "a", start=start)
+    second = sample(tiny, tmp_path / "b", start=start)
+    assert first.sequences == second.sequences and not first.cached
+    assert len({tuple(s) for s in first.sequences}) == 12
+    assert first.stats["sequences"] == 12 and 0 < first.stats["distinct_2"] <= 1
+    again = sample(tiny, tmp_path / "a", start=start)
+    assert again.cached and again.sequences == first.sequences
+    other_seed = sample(tiny, tmp_path / "a", start=start, seed=1)
+    assert not other_seed.cached and other_seed.sequences != first.sequences
+
+
+def test_proxy_config_errors_are_clear():
+    from folora.errors import FoloraError
+
+    with pytest.raises(FoloraError, match="proxy.start"):
+        ProxyConfig(start="nowhere").validate()
+
+
+def test_layers_reading_the_same_input_share_a_covariance(tiny):
+    names = linear_layer_names(tiny.model, FoLoRA().lora_config)
+    probe = next(token_batches([[1, 2, 3, 4]], 1, 0))
+    groups = find_input_groups(tiny.model, names, probe)
+    members = {tuple(sorted(n.rsplit(".", 1)[-1] for n in g.members)) for g in groups}
+    assert members == {("k_proj", "q_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)}
+    assert len(groups) == 4 * tiny.model.config.num_hidden_layers
+
+
+def test_covariance_equals_a_direct_computation_over_unpadded_tokens(tiny):
+    names = linear_layer_names(tiny.model, FoLoRA().lora_config)
+    batch = next(token_batches([[5, 6, 7, 8, 9], [10, 11]], 2, tiny.tokenizer.pad_token_id))
+    groups = find_input_groups(tiny.model, names, batch)
+    covariances, tokens = accumulate(tiny.model, groups, [batch], "test")
+    assert tokens == 7
+    down = next(g for g in groups if g.key.endswith("layers.1.mlp.down_proj"))
+    seen = {}
+    module = dict(tiny.model.named_modules())[down.key]
+    def capture(module, args):
+        seen.setdefault("x", args[0].detach().double())
+
+    handle = module.register_forward_pre_hook(capture)
+    with torch.no_grad():
+        tiny.model(**batch)
+    handle.remove()
+    x = seen["x"][batch["attention_mask"].bool()]
+    torch.testing.assert_close(covariances[down.key].double(), x.T @ x / 7, atol=1e-4, rtol=1e-4)
+
+
+def test_prepare_pairs_every_adapter_with_its_group_basis_and_reports_live_statistics(tiny, tmp_path):
+    method = FoLoRA(proxy={"num_sequences": 8, "length": 8, "batch_size": 4}, calibration={"task_examples": 4})
+    examples = [{"input_ids": list(range(3, 20)), "labels": list(range(3, 20))} for _ in range(4)]
+    phases = []
+
+    def phase(name):
+        phases.append(name)
+        from contextlib import nullcontext
+        return nullcontext()
+
+    ctx = MethodContext(tokenizer=tiny.tokenizer, train_examples=examples, seed=0, device=torch.device("cpu"),
+                        cache_dir=tmp_path, model_fingerprint=tiny.fingerprint, phase=phase)
+    model = method.prepare(load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml")).model, ctx)
+    assert len(method.pairs) == 7 * tiny.model.config.num_hidden_layers
+    assert all(p.startswith("calibration/") for p in phases)
+    for a, _, basis in method.pairs:
+        assert basis.V.shape[0] == a.shape[1]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = method.optimizer(params, OmegaConf.create({"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0}))
+    out = model(input_ids=torch.tensor([examples[0]["input_ids"]]), labels=torch.tensor([examples[0]["labels"]]))
+    out.loss.backward()
+    optimizer.step()
+    method.on_step(0)
+    stats = method.step_metrics()
+    assert {"proxy_penalty", "task_utility", "gate_a_mean", "gate_a_open", "gate_b_mean"} <= set(stats)
+    assert stats["proxy_penalty"] > 0 and 0 < stats["gate_a_mean"] < 1
+    assert method.summary()["calibration"]["proxy"]["sequences"] == 8
