@@ -113,10 +113,13 @@ def _generate(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, devic
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in starts], device=device)
     attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in starts], device=device)
-    torch.manual_seed(seed)  # generate() samples from the global generator
-    output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=cfg.temperature,
-                            top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.length, min_new_tokens=cfg.length,
-                            pad_token_id=pad, use_cache=True)
+    # generate() samples from the global generator: seed it inside a fork, so the caller's random state (adapter
+    # initialization, dropout) is the same whether or not the proxy came from the cache.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
+                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.length,
+                                min_new_tokens=cfg.length, pad_token_id=pad, use_cache=True)
     return [s + output[i, width:].tolist() for i, s in enumerate(starts)]
 
 
