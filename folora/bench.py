@@ -7,7 +7,6 @@ and the ratio to the first method; writes the figures as JSON under results/benc
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import sys

@@ -14,10 +14,10 @@ so sweeps can trace one curve per method without knowing which method it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig
