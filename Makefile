@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint install clean-cache
+.PHONY: run test lint install clean-cache bench
 
 install: $(STAMP)
 
@@ -35,3 +35,7 @@ lint: $(STAMP)
 
 clean-cache:
 	rm -rf $${FOLORA_CACHE:-$$HOME/.cache/folora}
+
+# Step time of methods side by side on the same batches (ARGS: model=... steps=... methods=lora,folora).
+bench: $(STAMP)
+	$(PY) -m folora.bench $(ARGS)

@@ -1,0 +1,1 @@
+"""Reads result files only (never model code): runs' results.json files into tables."""
