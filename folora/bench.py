@@ -11,7 +11,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from hydra.utils import instantiate
 from folora.methods import MethodContext
 from folora.models import cache_dir, load_model
 from folora.results import write_json_atomic
+from folora.runner import Phases
 from folora.tasks.data import load_task
 from folora.training import batches, token_loss_sum
 
@@ -51,12 +51,12 @@ def main(argv: list[str]) -> dict:
     for name, cfg in cfgs.items():
         loaded = load_model(cfg.model)
         method = instantiate(cfg.method)
-        phases: dict[str, float] = {}
+        phases = Phases()
         ctx = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=0, device=device, cache_dir=cache_dir(),
-                            model_fingerprint=loaded.fingerprint, phase=_timer(phases))
+                            model_fingerprint=loaded.fingerprint, phase=phases)
         start = time.perf_counter()
         model = method.prepare(loaded.model, ctx)
-        timings[name] = {"prepare_s": time.perf_counter() - start, **{k: round(v, 3) for k, v in phases.items()}}
+        timings[name] = {"prepare_s": time.perf_counter() - start, **phases.seconds}
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         prepared[name] = (model, method.optimizer(params, cfg.train), method)
@@ -93,17 +93,6 @@ def main(argv: list[str]) -> dict:
     write_json_atomic(out, report)
     print(f"written: {out}")
     return report
-
-
-def _timer(seconds: dict):
-    @contextmanager
-    def phase(name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-    return phase
 
 
 if __name__ == "__main__":
