@@ -4,8 +4,10 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 ARGS   ?=
+TABLE  ?= smoke
+LAUNCHER ?= basic
 
-.PHONY: run test lint install clean-cache bench
+.PHONY: run test lint install clean-cache bench reproduce-table
 
 install: $(STAMP)
 
@@ -39,3 +41,8 @@ clean-cache:
 # Step time of methods side by side on the same batches (ARGS: model=... steps=... methods=lora,folora).
 bench: $(STAMP)
 	$(PY) -m folora.bench $(ARGS)
+
+# Run an experiment's grid (experiments/$(TABLE).yaml) as Hydra multiruns, skipping completed runs, then render
+# tables and plots under results/$(TABLE)/. LAUNCHER: basic | joblib (parallel CPU jobs) | slurm (submitit).
+reproduce-table: $(STAMP)
+	$(PY) -m experiments.reproduce $(TABLE) --launcher $(LAUNCHER) $(ARGS)

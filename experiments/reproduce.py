@@ -1,0 +1,244 @@
+"""`make reproduce-table TABLE=<name>`: run an experiment's grid as Hydra multiruns, then render its tables and plots.
+
+    python -m experiments.reproduce main                        # run what is missing, then render results/main/
+    python -m experiments.reproduce knobs --launcher joblib     # parallel CPU jobs (hydra-joblib-launcher)
+    python -m experiments.reproduce gpu-main --launcher slurm   # one run per GPU (conf/hydra/launcher/slurm.yaml)
+    python -m experiments.reproduce main --render-only          # tables and plots from the runs that exist
+    python -m experiments.reproduce smoke grid.seeds=[0,1]      # any key of the experiment file, overridden
+
+An experiment is one YAML file in this folder: its grid (model, eval suite, tasks, methods with knob values, seeds,
+fixed overrides) and its rendering. Tasks and methods may be named by selector (`embedded`, `hub`, `all`), so a
+new task or method config is picked up without code changes. Each method is one `python -m folora.run -m` sweep
+over tasks x seeds x its knob values; runs land in a folder named by the grid's fixed settings, one subfolder
+per cell, and `skip_completed=true` makes a restarted sweep finish the rest without repeating finished runs.
+A failed run records `status: failed`; the other runs still complete and the table marks the failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from analysis import render
+from analysis.collect import collect
+
+EXPERIMENTS = Path(__file__).resolve().parent
+REPO = EXPERIMENTS.parent
+CONF = REPO / "conf"
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib"], "slurm": ["hydra/launcher=slurm"]}
+
+
+class ExperimentError(Exception):
+    """A grid that cannot be run as written: the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: a task, a method at one knob value (None: the method's default), a seed."""
+
+    task: str
+    method: str
+    knob: str
+    value: object
+    seed: int
+
+
+def available(group: str) -> dict[str, DictConfig]:
+    return {path.stem: OmegaConf.load(path) for path in sorted((CONF / group).glob("*.yaml"))}
+
+
+def load_experiment(name: str, dotlist: list[str]) -> DictConfig:
+    path = EXPERIMENTS / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+        raise ExperimentError(f"There is no experiment {name!r}; choose one of {names} (files in experiments/).")
+    return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(dotlist))
+
+
+def resolve_tasks(selector) -> list[str]:
+    """A list of task names, or a source (`embedded`, `hub`): every task config with that `source`."""
+    options = available("task")
+    if isinstance(selector, str):
+        names = [name for name, cfg in options.items() if cfg.get("source") == selector]
+        if not names:
+            raise ExperimentError(f"No task config has source={selector!r}; use a list of tasks from {list(options)}.")
+        return names
+    unknown = [t for t in selector if t not in options]
+    if unknown:
+        raise ExperimentError(f"Unknown task(s) {unknown}; conf/task has {list(options)}.")
+    return list(selector)
+
+
+def resolve_methods(selector) -> dict[str, list | None]:
+    """`all` (every method at its default knob value) or {method: [knob values] or null}."""
+    options = available("method")
+    if selector == "all":
+        return {name: None for name in options}
+    methods = OmegaConf.to_container(selector) if isinstance(selector, DictConfig) else dict(selector)
+    unknown = [m for m in methods if m not in options]
+    if unknown:
+        raise ExperimentError(f"Unknown method(s) {unknown}; conf/method has {list(options)}.")
+    return {m: (list(v) if v is not None else None) for m, v in methods.items()}
+
+
+def cells(spec: DictConfig) -> list[Cell]:
+    grid = spec.grid
+    knobs = {name: str(cfg.knob) for name, cfg in available("method").items()}
+    out = []
+    for method, values in resolve_methods(grid.methods).items():
+        for task, value, seed in itertools.product(resolve_tasks(grid.tasks), values or [None], grid.seeds):
+            out.append(Cell(task, method, knobs[method], value, int(seed)))
+    return out
+
+
+def sweep_dir(spec: DictConfig, root: Path) -> Path:
+    """Runs of one grid live together; a change to the fixed settings (model, suite, overrides) gets a new folder,
+    so a skipped run is always a run of the same settings."""
+    fixed = json.dumps([spec.grid.model, spec.grid.eval, list(spec.grid.overrides)])
+    return root / spec.name / f"{spec.grid.model}_{spec.grid.eval}_{hashlib.sha256(fixed.encode()).hexdigest()[:8]}"
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str] = ()) -> list[list[str]]:
+    """One `python -m folora.run -m` command per method: tasks x seeds x the method's knob values. `launch`:
+    Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a run computes."""
+    grid = spec.grid
+    fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
+    excluded = ["experiment", "skip_completed", *(_override_key(o) for o in fixed)]
+    by_method: dict[str, list[Cell]] = {}
+    for cell in cells(spec):
+        by_method.setdefault(cell.method, []).append(cell)
+    commands = []
+    for method, group in by_method.items():
+        tasks = ",".join(dict.fromkeys(c.task for c in group))
+        seeds = ",".join(dict.fromkeys(str(c.seed) for c in group))
+        values = list(dict.fromkeys(c.value for c in group if c.value is not None))
+        knob = [f"{group[0].knob}={','.join(str(v) for v in values)}"] if values else []
+        commands.append([sys.executable, "-m", "folora.run", "-m", f"experiment={spec.name}", *fixed,
+                         f"task={tasks}", f"method={method}", f"seed={seeds}", *knob, "skip_completed=true",
+                         f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:job.override_dirname}",
+                         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]",
+                         *LAUNCHERS[launcher], *launch])
+    return commands
+
+
+def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
+    """Run each sweep; a sweep with a failed run exits non-zero after its other runs completed."""
+    seconds = {}
+    for command in commands:
+        method = next(a for a in command if a.startswith("method=")).split("=", 1)[1]
+        print(f"\n[reproduce] {method}: {shlex.join(command[1:])}", flush=True)
+        start = time.perf_counter()
+        process = subprocess.run(command, cwd=REPO)
+        seconds[method] = round(time.perf_counter() - start, 1)
+        if process.returncode != 0:
+            print(f"[reproduce] {method}: the sweep reported a failed run (exit {process.returncode}); "
+                  f"its other runs are complete", flush=True)
+    return seconds
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def cell_status(frame, cell: Cell) -> str:
+    """completed | failed | running | missing, for one grid cell, from the collected results."""
+    if frame.empty:
+        return "missing"
+    match = frame[(frame.task == cell.task) & (frame.method == cell.method) & (frame.seed == cell.seed)]
+    if cell.value is not None:
+        match = match[[_same_value(v, cell.value) for v in match.knob_value]]
+    if match.empty:
+        return "missing"
+    statuses = set(match.status)
+    return "completed" if "completed" in statuses else "failed" if "failed" in statuses else "running"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", help="a file name in experiments/ without .yaml: main, knobs, gpu-main, smoke")
+    parser.add_argument("overrides", nargs="*", help="experiment keys to override, e.g. grid.seeds=[0]")
+    parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="basic")
+    parser.add_argument("--launch", action="append", default=[], metavar="OVERRIDE",
+                        help="a Hydra launcher override for every sweep, e.g. hydra.launcher.partition=gpu")
+    parser.add_argument("--render-only", action="store_true", help="render the runs that exist, run nothing")
+    parser.add_argument("--runs-root", type=Path, default=REPO / "multirun", help="where sweeps write their runs")
+    parser.add_argument("--out", type=Path, default=None, help="where tables and plots go (default results/<name>)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_experiment(args.experiment, args.overrides)
+        grid_cells = cells(spec)
+    except ExperimentError as error:
+        print(f"reproduce: error: {error}", file=sys.stderr)
+        return 2
+    runs = sweep_dir(spec, args.runs_root)
+    out = args.out or REPO / "results" / spec.name
+    commands = sweep_commands(spec, runs, args.launcher, args.launch)
+    started = time.perf_counter()
+    sweep_seconds = {} if args.render_only else run_sweeps(commands)
+    frame = collect([runs])
+    statuses = {cell: cell_status(frame, cell) for cell in grid_cells}
+    provenance = {"experiment": spec.name, "command": _command_line(args), "runs": _relative(runs),
+                  "sweep_wall_s": round(time.perf_counter() - started, 1) if sweep_seconds else None,
+                  "sweep_wall_s_per_method": sweep_seconds,
+                  "sweep_commands": [shlex.join(["python", *c[1:]]) for c in commands],
+                  "cells": {"total": len(grid_cells), **_counts(statuses)},
+                  "not_completed": [_describe(c) | {"status": s} for c, s in statuses.items() if s != "completed"]}
+    written = render.render_experiment(frame, spec, out, provenance)
+    _log_summary(spec, frame, written, runs)
+    print(f"\n[reproduce] {spec.name}: {provenance['cells']}; written to {out}", flush=True)
+    return 0 if provenance["cells"].get("completed", 0) == len(grid_cells) else 1
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _counts(statuses: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def _describe(cell: Cell) -> dict:
+    return {"task": cell.task, "method": cell.method, "knob": cell.knob, "value": cell.value, "seed": cell.seed}
+
+
+def _command_line(args) -> str:
+    launcher = [] if args.launcher == "basic" else [f"LAUNCHER={args.launcher}"]
+    extra = [f'ARGS="{" ".join(args.overrides)}"'] if args.overrides else []
+    return " ".join(["make reproduce-table", f"TABLE={args.experiment}", *launcher, *extra])
+
+
+def _log_summary(spec: DictConfig, frame, written: dict, runs: Path) -> None:
+    logger = spec.get("logger", "wandb")
+    if logger == "none" or frame.empty:
+        return
+    from analysis.wandb_summary import log_summary
+
+    cfg = OmegaConf.load(CONF / "logger" / f"{logger}.yaml")
+    log_summary(spec.name, written, runs, project=cfg.get("project", "folora"), entity=cfg.get("entity"),
+                mode=cfg.get("mode", "offline"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
