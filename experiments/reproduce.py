@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true", help="render the runs that exist, run nothing")
     parser.add_argument("--runs-root", type=Path, default=REPO / "multirun", help="where sweeps write their runs")
     parser.add_argument("--out", type=Path, default=None, help="where tables and plots go (default results/<name>)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         spec = load_experiment(args.experiment, args.overrides)
         grid_cells = cells(spec)

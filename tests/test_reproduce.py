@@ -1,0 +1,183 @@
+"""`make reproduce-table`: grids expand from the config groups, sweeps skip finished runs, a failed run is isolated
+and marked, and every number of the rendered table is the number in the run's results.json."""
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from analysis.render import pareto_front, summarize
+from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, sweep_commands
+from tests.conftest import REPO
+
+# The smoke grid with one injected failure: LoRA at a negative learning rate, which the runner refuses.
+WITH_FAILURE = "grid.methods={folora: null, intermediate_pc: null, lalora: null, lora: [0.0005, -1.0], milora: null, pissa: null}"
+
+
+def make_reproduce(tmp_path, *args):
+    extra = f"--runs-root {tmp_path / 'multirun'} --out {tmp_path / 'out'} '{WITH_FAILURE}'"
+    return subprocess.run(["make", "-s", "reproduce-table", "TABLE=smoke", f"ARGS={extra} {' '.join(args)}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("reproduce")
+    first = make_reproduce(tmp_path)
+    return tmp_path, first
+
+
+def results_files(tmp_path):
+    return sorted((tmp_path / "multirun").rglob("results.json"))
+
+
+def test_the_sweep_runs_every_cell_and_isolates_the_failure(smoke):
+    tmp_path, first = smoke
+    assert first.returncode != 0, first.stdout[-3000:]  # one cell failed: the command says so
+    records = [json.loads(p.read_text()) for p in results_files(tmp_path)]
+    statuses = sorted((r["config"]["method"]["name"], r["config"]["train"]["lr"], r["status"]) for r in records)
+    assert len(records) == 7
+    assert ("lora", -1.0, "failed") in statuses
+    assert sum(s == "completed" for *_, s in statuses) == 6
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert provenance["cells"] == {"total": 7, "completed": 6, "failed": 1}
+    assert provenance["not_completed"][0]["method"] == "lora" and provenance["not_completed"][0]["value"] == -1.0
+
+
+def test_the_table_marks_the_failed_cell(smoke):
+    tmp_path, _ = smoke
+    table = (tmp_path / "out" / "table.md").read_text()
+    failed_row = next(line for line in table.splitlines() if "| -1 " in line)
+    assert "0 (1 failed)" in failed_row and "failed" in failed_row.split("|")[-2]
+    assert "lora / lora" not in table
+    assert "seed 0: failed" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_every_number_in_the_table_is_the_number_in_results_json(smoke):
+    tmp_path, _ = smoke
+    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    checked = 0
+    for path in results_files(tmp_path):
+        record = json.loads(path.read_text())
+        if record["status"] != "completed":
+            continue
+        method, knob = record["method"]["name"], record["method"]["knob_value"]
+        row = table[(table.method == method) & (table.knob_value.astype(str) == f"{knob:g}" if isinstance(knob, float)
+                                                else table.method == method) & (table.runs == 1)]
+        assert len(row) == 1, (method, knob)
+        row = row.iloc[0]
+        assert row.target_gain_mean == record["target_gain"]
+        assert row.retention_mean == record["retention"]["mean"]
+        assert row.kl_to_base_mean == record["kl_to_base"]["value"]
+        checked += 1
+    assert checked == 6
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert set(runs.status) == {"completed", "failed"}
+
+
+def test_tables_and_plots_are_written(smoke):
+    out = smoke[0] / "out"
+    for name in ("table.md", "table.csv", "table.tex", "runs.csv", "tradeoff.png", "tradeoff.pdf",
+                 "retention_heatmap.png", "retention_heatmap.pdf", "README.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r"\begin{tabular}" in (out / "table.tex").read_text()
+
+
+def test_a_restarted_sweep_skips_completed_runs_and_retries_the_failed_one(smoke):
+    tmp_path, _ = smoke
+    before = {p: p.stat().st_mtime_ns for p in results_files(tmp_path)
+              if json.loads(p.read_text())["status"] == "completed"}
+    again = make_reproduce(tmp_path)
+    assert again.returncode != 0
+    assert again.stdout.count("skipped (skip_completed=true)") == 6
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert len(results_files(tmp_path)) == 7
+
+
+def test_grids_pick_up_every_method_and_embedded_task_from_the_config_groups():
+    spec = load_experiment("main", [])
+    grid = cells(spec)
+    methods = {p.stem for p in (CONF / "method").glob("*.yaml")}
+    embedded = {p.stem for p in (CONF / "task").glob("*.yaml") if OmegaConf.load(p).get("source") == "embedded"}
+    assert {c.method for c in grid} == methods and {c.task for c in grid} == embedded
+    assert len(grid) == len(methods) * len(embedded) * 3
+
+
+def test_knob_values_become_overrides_of_each_methods_knob(tmp_path):
+    spec = load_experiment("knobs", [])
+    commands = sweep_commands(spec, tmp_path, "basic")
+    by_method = {next(a for a in c if a.startswith("method=")).split("=")[1]: c for c in commands}
+    assert "method.kappa=0.0,0.3,1.0,3.0" in by_method["folora"]
+    assert "train.lr=0.0001,0.0002,0.0005,0.001" in by_method["lora"]
+    assert all("skip_completed=true" in c for c in commands)
+
+
+def test_unknown_names_stop_with_a_message():
+    with pytest.raises(ExperimentError, match="no experiment 'nope'"):
+        load_experiment("nope", [])
+    with pytest.raises(ExperimentError, match="Unknown method"):
+        cells(load_experiment("smoke", ["grid.methods={nope: null}"]))
+    with pytest.raises(ExperimentError, match="Unknown task"):
+        cells(load_experiment("smoke", ["grid.tasks=[nope]"]))
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "slurm"])
+def test_launcher_configs_compose(launcher):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    target = cfg.hydra.launcher._target_
+    assert {"joblib": "JoblibLauncher", "slurm": "SlurmLauncher"}[launcher] in target
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_summary_is_mean_and_sample_std_over_seeds_and_keeps_failed_groups():
+    frame = pd.DataFrame({"task": ["math"] * 4, "method": ["a", "a", "a", "b"], "knob": ["k"] * 4,
+                          "knob_value": [1.0, 1.0, 1.0, 2.0], "seed": [0, 1, 2, 0],
+                          "status": ["completed", "completed", "failed", "failed"],
+                          "target_gain": [0.1, 0.3, None, None], "retention": [0.9, 1.0, None, None]})
+    summary = summarize(frame, ["task", "method", "knob_value"], ["target_gain", "retention"]).set_index("method")
+    assert summary.loc["a", "runs"] == 2 and summary.loc["a", "failed"] == 1
+    assert summary.loc["a", "target_gain_mean"] == pytest.approx(0.2)
+    assert summary.loc["a", "target_gain_std"] == pytest.approx(pd.Series([0.1, 0.3]).std(ddof=1))
+    assert summary.loc["b", "runs"] == 0 and pd.isna(summary.loc["b", "target_gain_mean"])
+
+
+def test_pareto_front_matches_brute_force():
+    import random
+
+    rng = random.Random(0)
+    points = [(rng.random(), rng.random()) for _ in range(60)]
+    front = pareto_front(points)
+    for p in points:
+        dominated = any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)
+        assert (p in front) != dominated
+    assert front == sorted(front)
+
+
+def test_wandb_summary_run_logs_the_table_offline(tmp_path):
+    from analysis.render import summarize as _summarize
+    from analysis.wandb_summary import log_summary
+
+    frame = pd.DataFrame({"task": ["math"], "method": ["lora"], "knob": ["train.lr"], "knob_value": [5e-4], "seed": [0],
+                          "status": ["completed"], "target_gain": [0.1], "retention": [0.95], "kl_to_base": [0.2]})
+    summary = _summarize(frame, ["task", "method", "knob_value"], ["target_gain", "retention", "kl_to_base"])
+    folder = log_summary("unit", {"summary": summary}, tmp_path, project="folora", entity=None, mode="offline")
+    assert list((tmp_path / "wandb").glob("offline-run-*/*.wandb")), folder
+
+
+def test_wandb_rows_read_config_and_summary():
+    from analysis.collect import wandb_rows
+
+    class Run:
+        id = "abc"
+        config = {"model": {"name": "m"}, "task": {"name": "math"}, "method": {"name": "lora", "knob": "train.lr"},
+                  "train": {"lr": 5e-4}, "seed": 1}
+        summary = {"status": "completed", "target_gain": 0.1, "retention": 0.9, "kl_to_base": 0.3, "eval/capitals": 0.8}
+
+    row = wandb_rows([Run()]).iloc[0]
+    assert row.knob_value == 5e-4 and row["final:capitals"] == 0.8 and row.retention == 0.9
