@@ -258,7 +258,8 @@ def eval_items(model, tokenizer, eval_cfg: DictConfig) -> dict:
         scores = evaluate_suite(model, tokenizer, part)
         seconds = time.perf_counter() - start
         n = max(s["n"] for s in scores.values())
-        figures[task] = {"items": [i.name for i in group], "n": n, "seconds": seconds, "items_per_s": n / seconds}
+        figures[task] = {"items": [i.name for i in group], "n": n, "seconds": seconds, "items_per_s": n / seconds,
+                         "scores": {name: {"value": s["value"], "stderr": s["stderr"]} for name, s in scores.items()}}
     return figures
 
 
@@ -431,6 +432,10 @@ def _device_name(device: torch.device) -> str:
            f"{torch.get_num_threads()} threads"
 
 
+def _score_text(score: dict) -> str:
+    return f"{score['value']:.4f}" + (f" ± {score['stderr']:.4f}" if score.get("stderr") is not None else "")
+
+
 def render(report: dict) -> str:
     lines = [f"folora bench — {report['model']} on {report['device']}, batch {report['batch_size']} x "
              f"{report['seq_len']} tokens, torch {report['versions']['torch']}", ""]
@@ -457,8 +462,12 @@ def render(report: dict) -> str:
                   f"share {o['calibration_share_cold']:.1%} cold, {o['calibration_share_warm']:.1%} with the proxy cached", ""]
     if report.get("eval"):
         e = report["eval"]
-        lines += ["evaluation"] + [f"  {task:22s} n={f['n']:4d}  {f['seconds']:6.1f} s  {f['items_per_s']:6.2f} items/s  "
-                                   f"({', '.join(f['items'])})" for task, f in e.get("items", {}).items()]
+        lines += ["evaluation (base model scores ± stderr)"]
+        for task, f in e.get("items", {}).items():
+            lines.append(f"  {task:20s} n={f['n']:4d}  {f['seconds']:6.1f} s  {f['items_per_s']:6.2f} items/s")
+            lines += [f"      {name:28s} {_score_text(s)}" for name, s in f.get("scores", {}).items()]
+        total = sum(f["seconds"] for f in e.get("items", {}).values())
+        lines.append(f"  whole suite: {total:.0f} s")
         if "generation" in e:
             g = e["generation"]
             lines += [f"  generation, greedy, KV cache: batched {g['batched']['tokens_per_s']:.1f} tokens/s, one at a "

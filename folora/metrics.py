@@ -3,20 +3,23 @@
 - target_gain: mean over target items of (final - base), signed so that positive means better;
 - retention per preservation item: final / base (base / final for lower-is-better items such as bits per byte);
 - mean retention over preservation items.
-Items a task names as related are reported but count neither as target nor as preservation.
+Items a task names as related, and a suite's aggregates (means of other items), are reported but count neither as
+target nor as preservation.
 """
 
 from __future__ import annotations
 
 
-def roles(items: list[str], target: list[str], related: list[str]) -> dict[str, str]:
+def roles(items: list[str], target: list[str], related: list[str], aggregates: list[str] = ()) -> dict[str, str]:
+    """target / related (named by the task), aggregate (a mean of other items, reported only), else preservation."""
     unknown = sorted((set(target) | set(related)) - set(items))
     if unknown:
         from folora.errors import FoloraError
 
         raise FoloraError(f"The task names eval items {unknown} that the eval suite does not have (it has {sorted(items)}). "
                           f"Pick an eval suite with these items or edit task.eval.target / task.eval.related.")
-    return {item: "target" if item in target else "related" if item in related else "preservation" for item in items}
+    return {item: "target" if item in target else "related" if item in related else
+            "aggregate" if item in aggregates else "preservation" for item in items}
 
 
 def retention(base: float, final: float, higher_is_better: bool) -> float | None:

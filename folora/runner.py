@@ -26,6 +26,7 @@ from folora.methods import Method, MethodContext
 from folora.models import cache_dir, load_model
 from folora.results import RunRecord, write_json_atomic
 from folora.tasks.data import load_task
+from folora.tasks.drafts import BaseModelDrafter
 from folora.training import train, validation_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +128,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
         loaded = load_model(cfg.model)
         model, tokenizer = loaded.model.to(device), loaded.tokenizer
     with phases("load task data"):
-        task = load_task(cfg.task, tokenizer)
+        drafter = BaseModelDrafter(model, tokenizer, device=device, cache_dir=cache_dir(),
+                                   model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
+        task = load_task(cfg.task, tokenizer, drafter)
     kl_prompts = kl.encode_prompts(tokenizer, kl.load_prompts(cfg.eval.kl.get("prompts")), int(cfg.eval.kl.max_tokens))
     data = {"task": {"name": task.name, "fingerprint": task.fingerprint, **task.stats},
             "eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},
@@ -156,7 +159,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
 
-    item_roles = metrics.roles(list(final), list(cfg.task.eval.target), list(cfg.task.eval.related))
+    item_roles = metrics.roles(list(final), list(cfg.task.eval.target), list(cfg.task.eval.related),
+                               aggregates=[item for item, score in final.items() if "aggregate_of" in score])
     head = metrics.headline(base, final, item_roles)
     logger.log({f"eval/{item}": score["value"] for item, score in final.items()} | {"eval/kl_to_base": kl_score["value"]},
                summary.steps)

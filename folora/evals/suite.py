@@ -31,6 +31,7 @@ class EvalItem:
     higher_is_better: bool = True
     chat: bool = False
     limit: int | None = None
+    unsafe_code: bool = False  # the task executes generated code with lm-eval's own executor (humaneval, mbpp)
 
 
 def suite_items(cfg: DictConfig) -> list[EvalItem]:
@@ -58,7 +59,8 @@ def suite_fingerprint(cfg: DictConfig) -> str:
 
 
 def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig) -> dict[str, dict]:
-    """Score every item of the suite: {item: {value, stderr, n, higher_is_better}}."""
+    """Score every item of the suite: {item: {value, stderr, n, higher_is_better}}, then the suite's aggregates
+    (means of items, e.g. the forgetting average of Biderman et al. 2024), marked `aggregate_of`."""
     import datasets
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -76,11 +78,27 @@ def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig) -> dict[s
     for (task, chat, limit), group in _group(items).items():
         output = simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=chat, limit=limit,
                                  bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
-                                 numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
-        results, samples = output["results"][task], output["samples"][task]
+                                 numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+                                 confirm_run_unsafe_code=any(item.unsafe_code for item in group))
+        results = output["results"][task]
+        # a group task (mmlu) reports under its own name but keeps samples per subtask
+        samples = output["samples"].get(task) or [s for subtask in output["samples"].values() for s in subtask]
         for item in group:
             scores[item.name] = _score(item, results, samples)
-    return scores
+    return scores | aggregates(scores, cfg.get("aggregates") or {})
+
+
+def aggregates(scores: dict[str, dict], spec) -> dict[str, dict]:
+    """Each aggregate: the mean of its items, with the standard error of a mean of independent estimates."""
+    out = {}
+    for name, members in dict(spec).items():
+        parts = [scores[m] for m in members]
+        errors = [p["stderr"] for p in parts]
+        stderr = math.sqrt(sum(e * e for e in errors)) / len(parts) if all(e is not None for e in errors) else None
+        out[name] = {"value": sum(p["value"] for p in parts) / len(parts), "stderr": stderr,
+                     "n": sum(p["n"] for p in parts), "higher_is_better": parts[0]["higher_is_better"],
+                     "aggregate_of": list(members)}
+    return out
 
 
 def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -100,8 +118,20 @@ def _score(item: EvalItem, results: dict, samples: list[dict]) -> dict:
     stderr = results.get(f"{metric}_stderr,{filter_name}")
     if not isinstance(stderr, (int, float)) and metric == "bits_per_byte":
         stderr = bits_per_byte_stderr(samples)
+    elif not isinstance(stderr, (int, float)):
+        stderr = outcome_stderr([s.get(metric) for s in samples])
     return {"value": value, "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
             "n": len({s["doc_id"] for s in samples}), "higher_is_better": item.higher_is_better}
+
+
+def outcome_stderr(values: list) -> float | None:
+    """Standard error of a mean of per-document outcomes, for metrics lm-eval aggregates without one (IFEval's
+    instruction-level accuracy: one outcome per instruction, lists flattened)."""
+    flat = [float(x) for v in values for x in (v if isinstance(v, list) else [v]) if isinstance(x, (bool, int, float))]
+    if len(flat) < 2:
+        return None
+    mean = sum(flat) / len(flat)
+    return math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1) / len(flat))
 
 
 def bits_per_byte_stderr(samples: list[dict]) -> float | None:

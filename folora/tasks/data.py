@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra.utils import get_method
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError
 
@@ -27,9 +28,10 @@ class TaskData:
     stats: dict
 
 
-def load_task(cfg: DictConfig, tokenizer) -> TaskData:
-    """Records for train and validation, tokenized with the chat template, with a fingerprint of the text."""
-    splits = {split: _load_records(cfg, split) for split in ("train", "validation")}
+def load_task(cfg: DictConfig, tokenizer, drafter: Callable[[list[str]], list[str]] | None = None) -> TaskData:
+    """Records for train and validation, tokenized with the chat template, with a fingerprint of the text.
+    `drafter` (the base model answering requests, folora.tasks.drafts) serves tasks with `drafts: base_model`."""
+    splits = {split: _load_records(cfg, split, drafter) for split in ("train", "validation")}
     columns = cfg.columns
     pairs = {split: [_to_pair(r, columns, cfg, index) for index, r in enumerate(records)] for split, records in splits.items()}
     fingerprint = hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest()[:16]
@@ -40,10 +42,16 @@ def load_task(cfg: DictConfig, tokenizer) -> TaskData:
     return TaskData(cfg.name, encoded["train"], encoded["validation"], fingerprint, stats)
 
 
-def _load_records(cfg: DictConfig, split: str) -> list[dict]:
+def _load_records(cfg: DictConfig, split: str, drafter=None) -> list[dict]:
     size = int(cfg.sizes[split])
     if cfg.source == "embedded":
-        return get_method(cfg.generator)(split, size, seed=int(cfg.seed))
+        extra = {}
+        if cfg.get("drafts") == "base_model":
+            if drafter is None:
+                raise FoloraError(f"task {cfg.name} drafts its responses with the base model; pass a drafter "
+                                  f"(folora.tasks.drafts.BaseModelDrafter) to load_task.")
+            extra["draft"] = drafter
+        return get_method(cfg.generator)(split, size, seed=int(cfg.seed), **extra)
     if cfg.source == "hub":
         return _load_dataset_records(cfg, split, size)
     raise FoloraError(f"task.source={cfg.source!r} is not 'embedded' or 'hub'; check conf/task/{cfg.name}.yaml.")
@@ -70,8 +78,14 @@ def _load_dataset_records(cfg: DictConfig, split: str, size: int) -> list[dict]:
     except Exception as error:  # datasets raises many parser errors for malformed files
         raise FoloraError(f"Could not read {source!r} for task {cfg.name!r}: {type(error).__name__}. Check that it is "
                           f"valid {load_args['path']} with one record per row and the same columns in every row.") from None
+    dataset = dataset.shuffle(seed=int(cfg.seed))
+    if cfg.splits.train == cfg.splits.validation:
+        # One split serves both: validation is the tail of the seeded permutation, training never reaches it.
+        held = min(int(cfg.sizes.validation), len(dataset) // 2)
+        rows = range(len(dataset) - held, len(dataset)) if split == "validation" else range(len(dataset) - held)
+        dataset = dataset.select(rows)
     if size and len(dataset) > size:
-        dataset = dataset.shuffle(seed=int(cfg.seed)).select(range(size))
+        dataset = dataset.select(range(size))
     return list(dataset)
 
 
@@ -96,14 +110,32 @@ def _local_builder(cfg: DictConfig, split_name: str) -> str:
 
 
 def _to_pair(record: dict, columns: DictConfig, cfg: DictConfig, index: int) -> tuple[str, str]:
+    """(prompt, response) from a record: named columns, with an optional `input` column appended to the prompt
+    (Alpaca's layout), or the first user and assistant turns of a `messages` column (chat SFT mixtures)."""
+    if columns.get("messages"):
+        record = _from_messages(record, columns.messages, cfg, index)
+        columns = OmegaConf.create({"prompt": "prompt", "response": "response"})
     for role in ("prompt", "response"):
         if columns[role] not in record:
             raise FoloraError(f"Task {cfg.name!r}: record {index} has no column {columns[role]!r} (columns: "
                               f"{sorted(record)}). Set task.columns.{role} to the right column name.")
     prompt, response = record[columns.prompt], record[columns.response]
+    extra = record.get(columns.get("input")) if columns.get("input") else None
+    if isinstance(extra, str) and extra.strip():
+        prompt = f"{prompt}\n\n{extra}"
     if not isinstance(prompt, str) or not isinstance(response, str) or not prompt.strip() or not response.strip():
         raise FoloraError(f"Task {cfg.name!r}: record {index} has an empty or non-text prompt/response.")
     return prompt, normalize_final_answer(response, cfg.get("final_answer_pattern"))
+
+
+def _from_messages(record: dict, column: str, cfg: DictConfig, index: int) -> dict:
+    messages = record.get(column)
+    if not isinstance(messages, list):
+        raise FoloraError(f"Task {cfg.name!r}: record {index} has no list of messages in column {column!r} "
+                          f"(columns: {sorted(record)}). Set task.columns.messages to the right column name.")
+    user = next((m.get("content") for m in messages if m.get("role") == "user"), None)
+    assistant = next((m.get("content") for m in messages if m.get("role") == "assistant"), None)
+    return {"prompt": user, "response": assistant}
 
 
 def normalize_final_answer(response: str, pattern: str | None) -> str:

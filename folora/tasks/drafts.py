@@ -1,0 +1,53 @@
+"""Drafts from the base model: its greedy answers to bare requests, generated once per (model, requests, settings)
+and cached on disk. A task whose config says `drafts: base_model` builds its training responses from them (the
+instruction task edits them until they meet their constraints), so the targets stay close to what the model
+already says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from folora.results import write_json_atomic
+
+
+class BaseModelDrafter:
+    def __init__(self, model: torch.nn.Module, tokenizer, *, device: torch.device, cache_dir: Path,
+                 model_fingerprint: str, max_new_tokens: int = 96, batch_size: int = 16):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.cache_dir, self.fingerprint = Path(cache_dir) / "drafts", model_fingerprint
+        self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
+
+    def __call__(self, requests: list[str]) -> list[str]:
+        key = hashlib.sha256(json.dumps([self.fingerprint, self.max_new_tokens, requests]).encode()).hexdigest()[:20]
+        path = self.cache_dir / f"{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())["drafts"]
+        drafts = []
+        progress = tqdm(total=len(requests), desc="drafting responses (base model, once)", unit="req", dynamic_ncols=True)
+        for start in range(0, len(requests), self.batch_size):
+            drafts += self._generate(requests[start:start + self.batch_size])
+            progress.update(len(requests[start:start + self.batch_size]))
+        progress.close()
+        write_json_atomic(path, {"model": self.fingerprint, "max_new_tokens": self.max_new_tokens, "drafts": drafts})
+        return drafts
+
+    @torch.no_grad()
+    def _generate(self, requests: list[str]) -> list[str]:
+        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": r}], add_generation_prompt=True,
+                                                    tokenize=False) for r in requests]
+        side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
+        try:
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        finally:
+            self.tokenizer.padding_side = side
+        was_training = self.model.training
+        self.model.eval()
+        output = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=self.tokenizer.pad_token_id)
+        self.model.train(was_training)
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in output[:, batch["input_ids"].shape[1]:]]
