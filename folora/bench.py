@@ -179,7 +179,7 @@ def plain_steps(model, optimizer, stream, steps: int, device: torch.device) -> i
 
 
 def framework_vs_plain(cfg: DictConfig, examples: list[dict], pad_id: int, device: torch.device, steps: int,
-                       warmup: int, rounds: int = 2) -> dict:
+                       warmup: int, rounds: int = 3) -> dict:
     """Alternate the two loops, `rounds` times each, every round on the same first `steps` batches of the seed's
     stream; tokens/s is the best round of each (the least disturbed by anything else on the machine)."""
     method = instantiate(cfg.method)
@@ -448,7 +448,7 @@ def render(report: dict) -> str:
                   f"  bound ({c['bound_dtype']}): {c['bound_tokens_per_s']:.1f} tokens/s", ""]
     if "train" in report:
         t = report["train"]
-        lines += ["training throughput (same batches, best of 2 alternating rounds)",
+        lines += ["training throughput (same batches, best of 3 alternating rounds)",
                   f"  framework loop (folora.training.train, LoRA): {t['framework']:7.1f} tokens/s  "
                   f"= {t['framework_to_bound']:.2f} of the bound, MFU {t['model_flops_utilization']:.2f}",
                   f"  plain PEFT + transformers loop:               {t['plain']:7.1f} tokens/s  "

@@ -58,10 +58,18 @@ def batches(examples: list[dict], batch_size: int, pad_id: int, seed: int):
 
 
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over response tokens (the caller divides by the step's token count)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shifted = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(),
+    """Summed next-token cross-entropy over response tokens (the caller divides by the step's token count).
+
+    The output head runs only from the first position that predicts a response token (`logits_to_keep`): the
+    prompt positions before it carry no loss, and on a small model the head over a large vocabulary is a fifth
+    of the step's FLOPs."""
+    labels = batch["labels"][:, 1:]
+    predicts = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    first = int(predicts[0]) if len(predicts) else 0
+    width = batch["input_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=width - first).logits  # positions first .. width-1
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, first:].flatten(),
                                              ignore_index=IGNORE_INDEX, reduction="sum")
 
 

@@ -22,8 +22,10 @@ def test_training_flops_per_token_match_pytorchs_flop_counter():
     examples = bench.fixed_length(load_task(cfg.task, loaded.tokenizer).train, 160)[:4]
     batch = collate(examples, loaded.tokenizer.pad_token_id)
     model = bench.instantiate(cfg.method).prepare(loaded.model, None).train()
-    with FlopCounterMode(display=False) as counter:
-        token_loss_sum(model, batch).backward()
+    with FlopCounterMode(display=False) as counter:  # the head on every position, as the count assumes
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                          ignore_index=-100, reduction="sum").backward()
     counts = counter.get_flop_counts()["Global"]
     tokens = batch["attention_mask"].sum().item()
     # On CPU the fused attention kernel is not counted by FlopCounterMode: compare the matmuls (linear layers, head,
@@ -54,3 +56,21 @@ def test_fixed_length_batches_are_unpadded():
                 {"input_ids": list(range(4)), "labels": list(range(4))}]
     assert bench.fixed_length(examples, 8) == [{"input_ids": list(range(8)), "labels": [-100] * 5 + [0, 1, 2]}]
     assert torch.equal(collate(bench.fixed_length(examples, 8), 0)["attention_mask"], torch.ones(1, 8, dtype=torch.long))
+
+
+def test_the_loss_skips_the_head_only_where_no_response_token_is_predicted():
+    """token_loss_sum runs the output head from the first response position on: same loss, fewer FLOPs."""
+    cfg = bench.config("model=tiny-random", "method=lora", "task.sizes.train=16", "task.sizes.validation=8")
+    loaded = load_model(cfg.model)
+    batch = collate(load_task(cfg.task, loaded.tokenizer).train[:4], loaded.tokenizer.pad_token_id)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        full = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                                 ignore_index=-100, reduction="sum")
+        assert token_loss_sum(model, batch) == pytest.approx(float(full), rel=1e-5)
+    with FlopCounterMode(display=False) as skipped, torch.no_grad():
+        token_loss_sum(model, batch)
+    with FlopCounterMode(display=False) as every, torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert skipped.get_total_flops() < every.get_total_flops()
