@@ -37,10 +37,12 @@ def row(path: Path) -> dict:
 def record_row(data: dict, run: str) -> dict:
     """One row from a results.json record. A failed run has no `method` section: its knob comes from the config."""
     config = data.get("config", {})
-    knob = (data.get("method") or {}).get("knob") or config.get("method", {}).get("knob")
+    method = data.get("method") or {}
+    knob = method.get("knob") or config.get("method", {}).get("knob")
+    knob_value = method["knob_value"] if "knob_value" in method else _select(config, knob)
     out = {"run": run, "status": data.get("status"), "error": (data.get("error") or {}).get("message"),
            "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
-           "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": _select(config, knob),
+           "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": knob_value,
            "seed": config.get("seed"), "target_gain": data.get("target_gain"),
            "retention": (data.get("retention") or {}).get("mean"),
            "kl_to_base": (data.get("kl_to_base") or {}).get("value"),
