@@ -51,6 +51,13 @@ def test_an_infinite_loop_is_killed_at_the_limit(program):
     assert time.perf_counter() - start < FAST.wall_s + 2
 
 
+def test_the_cpu_limit_stops_a_busy_loop_before_a_long_wall_limit():
+    start = time.perf_counter()
+    result = run_program("while True:\n    pass", Limits(wall_s=30.0, cpu_s=1))
+    assert result.status == "timeout" and "CPU limit" in result.detail
+    assert time.perf_counter() - start < 15
+
+
 @pytest.mark.parametrize("program", [
     "import os\nwhile True:\n    os.fork()",
     pytest.param("import posix\nwhile True:\n    posix.fork()", marks=KERNEL),

@@ -143,9 +143,11 @@ def _isolate(workdir: str, limits: Limits, drop_privileges: bool) -> None:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             done.append("uid nobody")
-    for kind, value in ((resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_AS, limits.memory_bytes),
-                        (resource.RLIMIT_FSIZE, limits.file_bytes), (resource.RLIMIT_NOFILE, limits.open_files),
-                        (resource.RLIMIT_NPROC, limits.processes), (resource.RLIMIT_CORE, 0)):
+    # CPU: SIGXCPU at the soft limit (reported as a timeout), SIGKILL a second later if it is caught
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+    for kind, value in ((resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_FSIZE, limits.file_bytes),
+                        (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_NPROC, limits.processes),
+                        (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(kind, (value, value))
     done.append("rlimits")
     with open(".containment", "w") as handle:  # in the workdir, written before the program can run
@@ -178,6 +180,9 @@ def run_program(program: str, limits: Limits = Limits()) -> Result:
         text = output.decode("utf-8", "replace")
         if status == "timeout":
             return Result(False, "timeout", f"killed after {limits.wall_s:.0f} s", containment)
+        if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and not text.rstrip().endswith(token):
+            # whichever limit a busy loop meets first, wall clock or CPU seconds, it is a timeout
+            return Result(False, "timeout", f"stopped at the {limits.cpu_s} s CPU limit", containment)
         if process.returncode == 0 and text.rstrip().endswith(token):
             return Result(True, "passed", "", containment)
         kind = "failed" if "AssertionError" in text or process.returncode == 0 else "error"
