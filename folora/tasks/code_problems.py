@@ -10,12 +10,12 @@ problem's operation chain, so a chain seen in training never appears in validati
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 from dataclasses import dataclass
 
-SPLIT_BUCKETS = {"train": (0, 80), "validation": (80, 90), "test": (90, 100)}
+from folora.tasks.splits import check_split_name, split_of
+
 TYPES = {"ints": "list[int]", "text": "str", "words": "list[str]", "counts": "dict[str, int]", "int": "int"}
 NOUNS = {"ints": "the list of integers", "text": "the string", "words": "the list of words",
          "counts": "the dictionary of word counts", "int": "the number"}
@@ -202,15 +202,9 @@ def _verify(problem: CodeProblem) -> None:
     namespace["check"](namespace[problem.name])
 
 
-def split_of(key: str) -> str:
-    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
-    return next(name for name, (low, high) in SPLIT_BUCKETS.items() if low <= bucket < high)
-
-
 def generate(split: str, size: int, seed: int = 0) -> list[dict]:
     """`size` distinct problems of `split`, deterministic in (split, size, seed)."""
-    if split not in SPLIT_BUCKETS:
-        raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
+    check_split_name(split)
     rng = random.Random(f"folora-code-{seed}")
     records, seen = [], set()
     for _ in range(200 * size + 1000):

