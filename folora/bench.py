@@ -39,6 +39,7 @@ from folora.models import load_model
 from folora.results import package_versions, write_json_atomic
 from folora.runner import Phases
 from folora.tasks.data import load_task
+from folora.tasks.drafts import greedy_chat
 from folora.training import batches, token_loss_sum, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,29 +264,14 @@ def eval_items(model, tokenizer, eval_cfg: DictConfig) -> dict:
     return figures
 
 
-@torch.no_grad()
 def generation_throughput(model, tokenizer, prompts: list[str], max_new_tokens: int, device) -> dict:
     """Greedy generation with the KV cache: all prompts in one left-padded batch vs one prompt at a time."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        def run(chunk: list[str]) -> int:
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]
-            return int((new != tokenizer.pad_token_id).sum())
-
-        figures = {}
-        for name, chunks in {"batched": [texts], "one_at_a_time": [[t] for t in texts]}.items():
-            start = time.perf_counter()
-            generated = sum(run(c) for c in chunks)
-            seconds = time.perf_counter() - start
-            figures[name] = {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
-    finally:
-        tokenizer.padding_side = side
+    figures = {}
+    for name, chunks in {"batched": [prompts], "one_at_a_time": [[p] for p in prompts]}.items():
+        start = time.perf_counter()
+        generated = sum(greedy_chat(model, tokenizer, chunk, max_new_tokens, device)[1] for chunk in chunks)
+        seconds = time.perf_counter() - start
+        figures[name] = {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
     figures["speedup"] = figures["batched"]["tokens_per_s"] / figures["one_at_a_time"]["tokens_per_s"]
     return figures
 

@@ -74,3 +74,12 @@ def test_the_loss_skips_the_head_only_where_no_response_token_is_predicted():
     with FlopCounterMode(display=False) as every, torch.no_grad():
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert skipped.get_total_flops() < every.get_total_flops()
+
+
+def test_generation_throughput_counts_generated_tokens_both_ways():
+    cfg = bench.config("model=tiny-random")
+    loaded = load_model(cfg.model)
+    figures = bench.generation_throughput(loaded.model, loaded.tokenizer, ["Say hi.", "Name a longer river please."],
+                                          6, torch.device("cpu"))
+    assert figures["batched"]["tokens"] > 0 and figures["one_at_a_time"]["tokens"] > 0  # pads not counted
+    assert figures["speedup"] > 0

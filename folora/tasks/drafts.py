@@ -36,18 +36,25 @@ class BaseModelDrafter:
         write_json_atomic(path, {"model": self.fingerprint, "max_new_tokens": self.max_new_tokens, "drafts": drafts})
         return drafts
 
-    @torch.no_grad()
     def _generate(self, requests: list[str]) -> list[str]:
-        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": r}], add_generation_prompt=True,
-                                                    tokenize=False) for r in requests]
-        side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
-        try:
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        finally:
-            self.tokenizer.padding_side = side
         was_training = self.model.training
         self.model.eval()
-        output = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+        texts, _ = greedy_chat(self.model, self.tokenizer, requests, self.max_new_tokens, self.device)
         self.model.train(was_training)
-        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in output[:, batch["input_ids"].shape[1]:]]
+        return [t.strip() for t in texts]
+
+
+@torch.no_grad()
+def greedy_chat(model, tokenizer, requests: list[str], max_new_tokens: int, device) -> tuple[list[str], int]:
+    """Greedy answers to chat requests in one left-padded batch with the KV cache: (texts, new tokens generated)."""
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r}], add_generation_prompt=True, tokenize=False)
+             for r in requests]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                            pad_token_id=tokenizer.pad_token_id)
+    new = output[:, batch["input_ids"].shape[1]:]
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in new], int((new != tokenizer.pad_token_id).sum())
