@@ -42,9 +42,9 @@ def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> p
 
 
 def _knob_label(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:

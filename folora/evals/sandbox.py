@@ -20,6 +20,7 @@ The program passes only if the harness reaches its end and reports a one-time to
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
 import secrets
@@ -108,6 +109,7 @@ def _world_accessible(path: Path) -> bool:
     return parents_ok and bool(path.stat().st_mode & stat.S_IROTH)
 
 
+@functools.cache
 def interpreter() -> tuple[str, bool]:
     """(python to run programs with, whether it can run as `nobody`): this Python where `nobody` can reach it and its
     standard library, else the system's python3 (programs need only the standard library), else this Python
