@@ -4,7 +4,7 @@ adapter near its start where the source data's loss is curved:
     L = L_task + (λ/2) Σ_i Λ_i (θ_i − θ0_i)²,   Λ = N · diag F   over the LoRA parameters,
 
 F estimated at the start of fine-tuning on N curvature sequences: by default the same self-sampled proxy data as
-FoLoRA (`folora.proxy`), so the two are compared on the same data, or a text corpus. Curvature options:
+FoLoRA (`folora.calibration.proxy`), so the two are compared on the same data, or a text corpus. Curvature options:
 
 - `diag-empirical`: mean of squared per-sequence gradients of the sequence's own next-token loss;
 - `diag-sampled`: the same with next tokens sampled from the model's predictive distribution (the true Fisher);
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import FoloraError, require
 from folora.evals.corpora import prose_documents
-from folora.methods import MethodContext, PeftLoRAMethod, lora_layers
-from folora.proxy import ProxyConfig, sample_proxy
+from folora.methods import MethodContext, PeftLoRAMethod, lora_layers, nested_options
 
 CURVATURES = ("diag-empirical", "diag-sampled", "kfac")
 
@@ -37,7 +37,8 @@ class LaLoRA(PeftLoRAMethod):
         require(lam >= 0, f"method.lam={lam} must be >= 0.")
         require(curvature_samples > 0, f"method.curvature_samples={curvature_samples} must be positive.")
         self.lam, self.curvature, self.samples, self.data = float(lam), curvature, int(curvature_samples), data
-        self.proxy_options = dict(proxy or {})
+        # num_sequences is curvature_samples: the one knob for the amount of curvature data
+        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("num_sequences",))
         self.anchors: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []   # (θ, θ0, Λ)
         self.kfac: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (M, M0, Ā, Ḡ)·N
         self.stats: dict = {}

@@ -57,7 +57,8 @@ def svd_slice(weight: torch.Tensor, rank: int, offset, scale: float):
 
 
 class SVDSlice(PeftLoRAMethod):
-    def __init__(self, name: str = "intermediate_pc", knob: str = "method.offset", offset="middle", **lora_options):
+    def __init__(self, name: str = "intermediate_pc", knob: str = "method.offset", offset: str | int | float = "middle",
+                 **lora_options):
         super().__init__(name, knob, **lora_options)
         if isinstance(offset, str) and offset not in NAMED_OFFSETS:
             try:

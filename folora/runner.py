@@ -1,4 +1,5 @@
-"""One experiment, top to bottom: load -> base eval (cached) -> prepare the method -> train -> eval -> record.
+"""One experiment, top to bottom: check the config -> load -> base eval (cached) -> prepare the method -> train ->
+eval -> export -> record.
 
 The runner knows the Method interface, not the methods: everything method-specific happens behind
 `prepare`, `optimizer`, `regularizer`, `on_step`, `step_metrics`, `summary` and `export`.
@@ -10,6 +11,7 @@ import json
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,8 @@ from folora.models import cache_dir, load_model
 from folora.results import RunRecord, write_json_atomic
 from folora.tasks.data import load_task
 from folora.tasks.drafts import BaseModelDrafter
-from folora.training import train, validation_loss
+from folora.training import TrainSummary, train, validation_loss
+from folora.validation import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,15 +46,6 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     require(name == "cpu" or torch.cuda.is_available(), f"device={name!r} was asked for but CUDA is not available; use device=cpu.")
     return torch.device(name)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Impossible values stop here, before anything slow happens."""
-    t = cfg.train
-    require(int(t.steps) > 0, f"train.steps={t.steps}: the number of optimizer steps must be positive.")
-    require(float(t.lr) > 0, f"train.lr={t.lr}: the learning rate must be positive (e.g. train.lr=2e-4).")
-    require(int(t.batch_size) > 0 and int(t.grad_accum) > 0, "train.batch_size and train.grad_accum must be positive.")
-    require(0 <= float(t.warmup_ratio) < 1, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1).")
 
 
 class Phases:
@@ -89,16 +83,15 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     logger = instantiate(cfg.logger)
     started = time.perf_counter()
     try:
-        validate(cfg)
+        validate_config(cfg)
         seed_everything(int(cfg.seed))
         logger.start(run_dir, resolved, name=run_dir.name, group=cfg.experiment, job_type=cfg.method.name,
                      tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"eval:{cfg.eval.name}"])
-        result = _run(cfg, run_dir, record, logger)
-        result["timing"]["wall_s"] = round(time.perf_counter() - started, 3)
-        record.update(**result)
+        outcome = _run(cfg, run_dir, record, logger)
+        record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()
-        logger.summary({"target_gain": result["target_gain"], "retention": result["retention"]["mean"],
-                        "kl_to_base": result["kl_to_base"]["value"]})
+        logger.summary({"target_gain": record.data["target_gain"], "retention": record.data["retention"]["mean"],
+                        "kl_to_base": record.data["kl_to_base"]["value"]})
         logger.finish("completed")
         print(report.render(record.data), flush=True)
         print(f"\n[folora] results: {record.path}", flush=True)
@@ -120,7 +113,24 @@ def build_method(cfg: DictConfig) -> Method:
         raise
 
 
-def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
+@dataclass
+class Outcome:
+    """What the phases of one run produced; `results_fields` turns it into the results record."""
+
+    method: Method
+    base: dict
+    base_cached: bool
+    final: dict
+    kl: dict
+    validation_loss: float | None
+    summary: TrainSummary
+    trainable: int
+    phases: Phases
+    adapter: Path
+
+
+def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
+    """The phases of one run, in order; each is timed into `timing.phases_s`."""
     device = pick_device(cfg.device)
     method = build_method(cfg.method)
     phases = Phases()
@@ -131,50 +141,61 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> dict:
         drafter = BaseModelDrafter(model, tokenizer, device=device, cache_dir=cache_dir(),
                                    model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
         task = load_task(cfg.task, tokenizer, drafter)
+    record.update(data=provenance(cfg, loaded, task))
     kl_prompts = kl.encode_prompts(tokenizer, kl.load_prompts(cfg.eval.kl.get("prompts")), int(cfg.eval.kl.max_tokens))
-    data = {"task": {"name": task.name, "fingerprint": task.fingerprint, **task.stats},
-            "eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},
-            "model": {"name": loaded.name, "fingerprint": loaded.fingerprint}}
-    record.update(data=data)
 
     with phases("base eval"):
         base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint)
         print(f"[folora] base scores {'from cache' if cached else 'computed and cached'}", flush=True)
     with phases("base reference for kl"):
         reference = kl.next_token_logprobs(model, kl_prompts, device)
-
-    context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
-                            cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases)
     with phases("prepare method"):
+        context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
+                                cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases)
         model = method.prepare(model, context).to(device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     with phases("train"):
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log)
     with phases("final eval"):
         final = evaluate_suite(model, tokenizer, cfg.eval)
         kl_score = kl.kl_to_reference(reference, kl.next_token_logprobs(model, kl_prompts, device))
-        val_loss = validation_loss(model, task.validation[: int(cfg.train.val_examples)], pad_id=tokenizer.pad_token_id,
-                                   device=device) if int(cfg.train.val_examples) else None
+        val_examples = task.validation[: int(cfg.train.val_examples)]
+        val_loss = validation_loss(model, val_examples, pad_id=tokenizer.pad_token_id, device=device) if val_examples else None
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
+    logger.log({f"eval/{item}": score["value"] for item, score in final.items()} | {"eval/kl_to_base": kl_score["value"]},
+               summary.steps)
+    return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
+                   summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   phases=phases, adapter=run_dir / "adapter")
 
+
+def provenance(cfg: DictConfig, loaded, task) -> dict:
+    """What the run's numbers depend on besides the config: the exact task data, eval suite and model weights."""
+    return {"task": {"name": task.name, "fingerprint": task.fingerprint, **task.stats},
+            "eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},
+            "model": {"name": loaded.name, "fingerprint": loaded.fingerprint}}
+
+
+def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
+    """The results record of a completed run, built in this one place (schema: docs/results.md)."""
+    base, final, seconds = outcome.base, outcome.final, outcome.phases.seconds
     item_roles = metrics.roles(list(final), list(cfg.task.eval.target), list(cfg.task.eval.related),
                                aggregates=[item for item, score in final.items() if "aggregate_of" in score])
     head = metrics.headline(base, final, item_roles)
-    logger.log({f"eval/{item}": score["value"] for item, score in final.items()} | {"eval/kl_to_base": kl_score["value"]},
-               summary.steps)
+    method = outcome.method
     return {
         "metrics": {item: {"base": base[item], "final": final[item], "stderr": final[item]["stderr"]} for item in final},
         "roles": item_roles,
         "target_gain": head["target_gain"],
         "retention": head["retention"],
-        "kl_to_base": kl_score,
-        "train": {**summary.to_dict(), "trainable_params": trainable, "validation_loss": val_loss},
-        "timing": {"phases_s": phases.seconds, "train_tokens_per_s": round(summary.tokens_per_s, 2),
-                   "calibration_s": round(sum(s for p, s in phases.seconds.items() if p.startswith("calibration/")), 3),
-                   "base_eval_cached": cached},
+        "kl_to_base": outcome.kl,
+        "train": {**outcome.summary.to_dict(), "trainable_params": outcome.trainable,
+                  "validation_loss": outcome.validation_loss},
+        "timing": {"phases_s": seconds, "train_tokens_per_s": round(outcome.summary.tokens_per_s, 2),
+                   "calibration_s": round(sum(s for p, s in seconds.items() if p.startswith("calibration/")), 3),
+                   "base_eval_cached": outcome.base_cached, "wall_s": round(wall_s, 3)},
         "method": {"name": method.name, "knob": method.knob, "knob_value": OmegaConf.select(cfg, method.knob),
                    **method.summary()},
-        "adapter": str(run_dir / "adapter"),
+        "adapter": str(outcome.adapter),
     }

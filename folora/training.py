@@ -1,6 +1,9 @@
 """The training loop: AdamW (or the method's optimizer), linear warmup + cosine decay, gradient clipping and
 accumulation, fp32 on CPU and bf16 autocast on GPU, seeded. Readable top to bottom; methods plug in through
-`optimizer`, `regularizer`, `on_step` and `step_metrics`."""
+`optimizer`, `regularizer`, `on_step` and `step_metrics`.
+
+`training_step` is the one optimizer step: `train` runs it in a loop and `make bench` times the same function, so
+the figures the bench reports are of the loop real runs execute."""
 
 from __future__ import annotations
 
@@ -73,51 +76,93 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
                                              ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: DictConfig, *, pad_id: int,
-          device: torch.device, seed: int, log) -> TrainSummary:
-    """Run `cfg.steps` optimizer steps of `cfg.grad_accum` micro-batches each; `log(metrics, step)` records."""
+def autocast_for(device: torch.device):
+    """bf16 autocast on a GPU, fp32 elsewhere; master weights and optimizer state stay fp32 either way."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@dataclass
+class Trainer:
+    """What one optimizer step needs: the model, the method, the optimizer built by the method, its schedule."""
+
+    model: torch.nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    params: list[torch.nn.Parameter]
+    max_grad_norm: float
+    device: torch.device
+
+
+@dataclass
+class StepResult:
+    loss: float                     # task loss of the step: summed over micro-batches, per response token
+    penalty: torch.Tensor | None    # the method's regularizer, if it has one
+    grad_norm: float                # before clipping
+    tokens: int                     # real tokens read (padding excluded)
+    lr: float                       # the learning rate this step used
+
+
+def make_trainer(model: torch.nn.Module, method: Method, cfg: DictConfig, device: torch.device) -> Trainer:
+    """The method's optimizer over the trainable parameters, with linear warmup and cosine decay over `cfg.steps`."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.optimizer(params, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * cfg.steps), cfg.steps))
+    return Trainer(model, method, optimizer, schedule, params, float(cfg.max_grad_norm), device)
+
+
+def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepResult:
+    """One optimizer step over `micro_batches` (gradient accumulation): loss, the method's regularizer, a NaN check,
+    clipping, the optimizer and schedule steps and the method's `on_step`. The loss is normalized by the response
+    tokens of the whole step, so k accumulated micro-batches equal one batch k times larger."""
+    model, method = trainer.model, trainer.method
+    micro = [{k: v.to(trainer.device) for k, v in batch.items()} for batch in micro_batches]
+    n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+    lr = trainer.schedule.get_last_lr()[0]
+    loss_value, tokens = 0.0, 0
+    for batch in micro:
+        with autocast_for(trainer.device):
+            loss = token_loss_sum(model, batch) / n_targets
+        loss.backward()
+        loss_value += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    penalty = method.regularizer(model)
+    if penalty is not None:
+        penalty.backward()
+    if not math.isfinite(loss_value) or (penalty is not None and not torch.isfinite(penalty)):
+        raise FoloraError(f"The training loss became {loss_value} at step {step} (lr={lr:.2e}). Lower train.lr (now "
+                          f"{trainer.schedule.base_lrs[0]:g}), or check the data for empty or corrupt examples.")
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.params, trainer.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.schedule.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    method.on_step(step)
+    return StepResult(loss=loss_value, penalty=penalty, grad_norm=float(grad_norm), tokens=tokens, lr=lr)
+
+
+def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: DictConfig, *, pad_id: int,
+          device: torch.device, seed: int, log) -> TrainSummary:
+    """Run `cfg.steps` optimizer steps of `cfg.grad_accum` micro-batches each; `log(metrics, step)` records."""
     if len(examples) < cfg.batch_size:
         raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
+    trainer = make_trainer(model, method, cfg, device)
     stream = batches(examples, cfg.batch_size, pad_id, seed)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
     summary = TrainSummary(steps=0, tokens=0, wall_s=0.0)
     model.train()
     start = time.perf_counter()
     progress = tqdm(range(cfg.steps), desc="train", unit="step", dynamic_ncols=True)
     for step in progress:
-        micro = [{k: v.to(device) for k, v in next(stream).items()} for _ in range(cfg.grad_accum)]
-        # Normalize by the response tokens of the whole step, so accumulation equals one large batch.
-        n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-        step_loss = 0.0
-        for batch in micro:
-            with autocast:
-                loss = token_loss_sum(model, batch) / n_targets
-            loss.backward()
-            step_loss += loss.item()
-            summary.tokens += int(batch["attention_mask"].sum())
-        penalty = method.regularizer(model)
-        if penalty is not None:
-            penalty.backward()
-        if not math.isfinite(step_loss) or (penalty is not None and not torch.isfinite(penalty)):
-            raise FoloraError(f"The training loss became {step_loss} at step {step} (lr={schedule.get_last_lr()[0]:.2e}). "
-                              f"Lower train.lr (now {cfg.lr}), or check the data for empty or corrupt examples.")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        method.on_step(step)
+        result = training_step(trainer, [next(stream) for _ in range(cfg.grad_accum)], step)
         summary.steps = step + 1
-        summary.losses.append(step_loss)
+        summary.tokens += result.tokens
+        summary.losses.append(result.loss)
         elapsed = time.perf_counter() - start
-        progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
+        progress.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            extra = method.step_metrics()
-            record = {"step": step + 1, "loss": step_loss, "lr": schedule.get_last_lr()[0], "grad_norm": float(grad_norm),
-                      "tokens_per_s": summary.tokens / elapsed, **({"penalty": float(penalty)} if penalty is not None else {}),
-                      **extra}
+            record = {"step": step + 1, "loss": result.loss, "lr": trainer.schedule.get_last_lr()[0],
+                      "grad_norm": result.grad_norm, "tokens_per_s": summary.tokens / elapsed,
+                      **({"penalty": float(result.penalty)} if result.penalty is not None else {}),
+                      **method.step_metrics()}
             summary.logs.append(record)
             log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
     summary.wall_s = time.perf_counter() - start

@@ -5,23 +5,25 @@ import json
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from folora import bench
+from folora.bench import flops, sections
 from folora.models import load_model
 from folora.tasks.data import collate, load_task
 from folora.training import token_loss_sum
 
 
 def test_training_flops_per_token_match_pytorchs_flop_counter():
-    cfg = bench.config("model=tiny-random", "method=lora", "model.architecture.hidden_size=128",
+    cfg = sections.config("model=tiny-random", "method=lora", "model.architecture.hidden_size=128",
                        "model.architecture.intermediate_size=256", "model.architecture.num_hidden_layers=6",
                        "task.sizes.train=32", "task.sizes.validation=8")
     loaded = load_model(cfg.model)
-    predicted = bench.lora_training_flops_per_token(loaded.model, 160, int(cfg.method.rank))
-    examples = bench.fixed_length(load_task(cfg.task, loaded.tokenizer).train, 160)[:4]
+    predicted = flops.lora_training_flops_per_token(loaded.model, 160, int(cfg.method.rank))
+    examples = sections.fixed_length(load_task(cfg.task, loaded.tokenizer).train, 160)[:4]
     batch = collate(examples, loaded.tokenizer.pad_token_id)
-    model = bench.instantiate(cfg.method).prepare(loaded.model, None).train()
+    model = instantiate(cfg.method).prepare(loaded.model, None).train()
     with FlopCounterMode(display=False) as counter:  # the head on every position, as the count assumes
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
@@ -54,13 +56,13 @@ def test_unknown_options_are_refused():
 def test_fixed_length_batches_are_unpadded():
     examples = [{"input_ids": list(range(10)), "labels": [-100] * 5 + list(range(5))},
                 {"input_ids": list(range(4)), "labels": list(range(4))}]
-    assert bench.fixed_length(examples, 8) == [{"input_ids": list(range(8)), "labels": [-100] * 5 + [0, 1, 2]}]
-    assert torch.equal(collate(bench.fixed_length(examples, 8), 0)["attention_mask"], torch.ones(1, 8, dtype=torch.long))
+    assert sections.fixed_length(examples, 8) == [{"input_ids": list(range(8)), "labels": [-100] * 5 + [0, 1, 2]}]
+    assert torch.equal(collate(sections.fixed_length(examples, 8), 0)["attention_mask"], torch.ones(1, 8, dtype=torch.long))
 
 
 def test_the_loss_skips_the_head_only_where_no_response_token_is_predicted():
     """token_loss_sum runs the output head from the first response position on: same loss, fewer FLOPs."""
-    cfg = bench.config("model=tiny-random", "method=lora", "task.sizes.train=16", "task.sizes.validation=8")
+    cfg = sections.config("model=tiny-random", "method=lora", "task.sizes.train=16", "task.sizes.validation=8")
     loaded = load_model(cfg.model)
     batch = collate(load_task(cfg.task, loaded.tokenizer).train[:4], loaded.tokenizer.pad_token_id)
     model = loaded.model.eval()
@@ -77,9 +79,9 @@ def test_the_loss_skips_the_head_only_where_no_response_token_is_predicted():
 
 
 def test_generation_throughput_counts_generated_tokens_both_ways():
-    cfg = bench.config("model=tiny-random")
+    cfg = sections.config("model=tiny-random")
     loaded = load_model(cfg.model)
-    figures = bench.generation_throughput(loaded.model, loaded.tokenizer, ["Say hi.", "Name a longer river please."],
+    figures = sections.generation_throughput(loaded.model, loaded.tokenizer, ["Say hi.", "Name a longer river please."],
                                           6, torch.device("cpu"))
     assert figures["batched"]["tokens"] > 0 and figures["one_at_a_time"]["tokens"] > 0  # pads not counted
     assert figures["speedup"] > 0

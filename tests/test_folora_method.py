@@ -4,11 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from folora.covariance import accumulate, find_input_groups, token_batches
+from folora.calibration.covariance import accumulate, find_input_groups, token_batches
+from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.fo_lora import FoLoRA
 from folora.methods import MethodContext, linear_layer_names
 from folora.models import load_model
-from folora.proxy import ProxyConfig, sample_proxy
 from tests.conftest import REPO
 
 

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from folora.gated_adam import GatedSpectralAdam, gate
-from folora.spectral import Basis, solve
+from folora.fo_lora.gated_adam import GatedSpectralAdam, gate
+from folora.fo_lora.spectral import Basis, solve
 
 D_IN, D_OUT, R = 10, 6, 3
 

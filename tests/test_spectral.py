@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from folora.errors import FoloraError
-from folora.spectral import solve, trace_normalize
+from folora.fo_lora.spectral import solve, trace_normalize
 
 
 def random_covariance(d: int, n: int, seed: int, rank: int | None = None) -> torch.Tensor:

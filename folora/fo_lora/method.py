@@ -2,11 +2,12 @@
 model samples itself. Reconstructed from the paper's abstract (arXiv 2606.00132); docs/folora.md says which
 parts are ours. The pieces:
 
-1. `folora.proxy`       N sequences sampled from the base model (cached).
-2. `folora.covariance`  C_p over proxy tokens and C_t over task tokens, per group of layers sharing an input.
-3. `folora.spectral`    C_t v = λ (C_p + εI) v, per group.
-4. `folora.gated_adam`  Adam with A's moments in the spectral coordinates, steps gated by g(λ); B gated in the
-                        restricted r × r problem.
+1. `folora.calibration.proxy`       N sequences sampled from the base model (cached).
+2. `folora.calibration.covariance`  C_p over proxy tokens and C_t over task tokens, per group of layers sharing
+                                    an input.
+3. `folora.fo_lora.spectral`        C_t v = λ (C_p + εI) v, per group.
+4. `folora.fo_lora.gated_adam`      Adam with A's moments in the spectral coordinates, steps gated by g(λ); B gated
+                                    in the restricted r × r problem.
 
 Optionally C_t is refreshed during training from an EMA of the activations the adapted layers see, and the
 basis recomputed every `refresh_every` steps.
@@ -15,17 +16,41 @@ basis recomputed every `refresh_every` steps.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from folora.covariance import InputGroup, find_input_groups, streamed_covariances, token_batches
+from folora.calibration.covariance import InputGroup, find_input_groups, streamed_covariances, token_batches
+from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import require
-from folora.gated_adam import GATES, GatedSpectralAdam
-from folora.methods import MethodContext, PeftLoRAMethod, check_rank, linear_layer_names, lora_layers
-from folora.proxy import ProxyConfig, sample_proxy
-from folora.spectral import Basis, solve
+from folora.fo_lora.gated_adam import GATES, GatedSpectralAdam
+from folora.fo_lora.spectral import Basis, solve
+from folora.methods import (
+    MethodContext,
+    PeftLoRAMethod,
+    check_rank,
+    linear_layer_names,
+    lora_layers,
+    nested_options,
+)
 from folora.tasks.data import collate
+
+
+@dataclass(frozen=True)
+class CovarianceCalibration:
+    """How the covariances are gathered: which task examples form C_t, in what batches, how many groups at once."""
+
+    task_examples: int = 64              # training examples whose tokens form C_t
+    batch_size: int = 8
+    groups_per_pass: int | None = None   # stream this many input groups at a time (None = all at once)
+
+    def __post_init__(self):
+        require(self.task_examples > 0 and self.batch_size > 0,
+                f"method.calibration.task_examples={self.task_examples} and method.calibration.batch_size="
+                f"{self.batch_size} must be positive.")
+        require(self.groups_per_pass is None or self.groups_per_pass > 0,
+                f"method.calibration.groups_per_pass={self.groups_per_pass} must be positive or null.")
 
 
 class FoLoRA(PeftLoRAMethod):
@@ -45,11 +70,11 @@ class FoLoRA(PeftLoRAMethod):
         self.damping, self.b_damping = float(damping), float(b_damping)
         self.top_k, self.top_k_min_dim = (int(top_k) if top_k else None), int(top_k_min_dim)
         self.refresh_every, self.refresh_ema = int(refresh_every), float(refresh_ema)
-        self.proxy_options = _plain(proxy)
-        calibration = _plain(calibration)
-        self.task_examples = int(calibration.get("task_examples", 64))
-        self.calib_batch_size = int(calibration.get("batch_size", 8))
-        self.groups_per_pass = calibration.get("groups_per_pass")
+        require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
+        require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
+        require(top_k is None or top_k > 0, f"method.top_k={top_k} must be a positive number of directions or null.")
+        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig)
+        self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration, CovarianceCalibration))
         self.bases: dict[str, Basis] = {}
         self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter, Basis]] = []
         self.calibration_stats: dict = {}
@@ -66,9 +91,10 @@ class FoLoRA(PeftLoRAMethod):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
                                  cache_dir=ctx.cache_dir, device=ctx.device)
         pad = ctx.tokenizer.pad_token_id
-        proxy_batches = list(token_batches(proxy.sequences, self.calib_batch_size, pad))
-        task = ctx.train_examples[: self.task_examples]
-        task_batches = [collate(task[i:i + self.calib_batch_size], pad) for i in range(0, len(task), self.calib_batch_size)]
+        proxy_batches = list(token_batches(proxy.sequences, self.calibration.batch_size, pad))
+        task = ctx.train_examples[: self.calibration.task_examples]
+        size = self.calibration.batch_size
+        task_batches = [collate(task[i:i + size], pad) for i in range(0, len(task), size)]
         task_batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in task_batches]
         groups = find_input_groups(model, names, {k: v.to(ctx.device) for k, v in proxy_batches[0].items()})
         solve_seconds = [0.0]
@@ -83,7 +109,8 @@ class FoLoRA(PeftLoRAMethod):
 
         self._covariances: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with ctx.phase("calibration/covariances and solve"):
-            counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume, self.groups_per_pass)
+            counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume,
+                                          self.calibration.groups_per_pass)
         self.member_of = {name: g.key for g in groups for name in g.members}
         self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
                                   "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
@@ -177,10 +204,4 @@ class _TaskCovarianceEMA:
 
     def covariances(self) -> dict[str, torch.Tensor]:
         return dict(self.values)
-
-
-def _plain(options) -> dict:
-    if options is None:
-        return {}
-    return OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else dict(options)
 

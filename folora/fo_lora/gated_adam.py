@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from folora.spectral import Basis
+from folora.fo_lora.spectral import Basis
 
 GATES = ("rational", "sigmoid", "hard", "none")
 
