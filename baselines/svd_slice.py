@@ -65,6 +65,11 @@ class SVDSlice(PeftLoRAMethod):
                 float(offset)
             except ValueError:
                 raise FoloraError(f"method.offset={offset!r} must be top, middle, bottom, an index or a fraction.") from None
+        fraction = isinstance(offset, float) or (isinstance(offset, str) and "." in offset)
+        if fraction and not 0.0 <= float(offset) <= 1.0:
+            raise FoloraError(f"method.offset={offset}: a fractional offset must be in [0, 1].")
+        if isinstance(offset, int) and offset < 0:
+            raise FoloraError(f"method.offset={offset}: an index offset must be >= 0 (0 is PiSSA's top slice).")
         self.offset = offset
         self.selected: dict[str, torch.Tensor] = {}
         self._initial: tempfile.TemporaryDirectory | None = None

@@ -32,6 +32,7 @@ class LoadedModel:
     tokenizer: object
     fingerprint: str
     name: str
+    path: Path | None = None   # a local folder stock tools can load the same weights from (lm-eval's pretrained=)
 
 
 def cache_dir() -> Path:
@@ -114,7 +115,7 @@ def _load_gguf_package(cfg: DictConfig) -> LoadedModel:
     meta = json.loads(meta_path.read_text())
     model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(target)
-    return LoadedModel(model, tokenizer, f"{cfg.name}-gguf-{meta['gguf_sha256'][:16]}", cfg.name)
+    return LoadedModel(model, tokenizer, f"{cfg.name}-gguf-{meta['gguf_sha256'][:16]}", cfg.name, path=target)
 
 
 # --- a tiny random Llama for tests ---------------------------------------------------------------------------

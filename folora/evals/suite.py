@@ -59,20 +59,27 @@ def suite_fingerprint(cfg: DictConfig) -> str:
 
 
 def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig) -> dict[str, dict]:
-    """Score every item of the suite: {item: {value, stderr, n, higher_is_better}}, then the suite's aggregates
-    (means of items, e.g. the forgetting average of Biderman et al. 2024), marked `aggregate_of`."""
+    """Score every item of the suite on an already-built model (PEFT adapters included): see `evaluate_lm`."""
+    from lm_eval.models.huggingface import HFLM
+
+    # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
+    lm = HFLM(pretrained=_transformers_model(model), tokenizer=tokenizer, batch_size=int(cfg.batch_size),
+              max_length=int(cfg.max_length))
+    return evaluate_lm(lm, cfg)
+
+
+def evaluate_lm(lm, cfg: DictConfig) -> dict[str, dict]:
+    """Score every item of the suite with an lm-eval model (`HFLM`, built by us or by a user from a model folder and
+    a `peft=` adapter): {item: {value, stderr, n, higher_is_better}}, then the suite's aggregates (means of items,
+    e.g. the forgetting average of Biderman et al. 2024), marked `aggregate_of`."""
     import datasets
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     datasets.disable_progress_bars()  # lm-eval's own per-request bars are the ones worth watching
     extra_paths = [str(LOCAL_TASKS)] + [str(p) for p in cfg.get("include_paths", [])]
     manager = TaskManager(include_path=extra_paths, include_defaults=bool(cfg.get("include_defaults", False)))
-    # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
-    lm = HFLM(pretrained=_transformers_model(model), tokenizer=tokenizer, batch_size=int(cfg.batch_size),
-              max_length=int(cfg.max_length))
     items = suite_items(cfg)
     scores: dict[str, dict] = {}
     for (task, chat, limit), group in _group(items).items():

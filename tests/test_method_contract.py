@@ -1,0 +1,99 @@
+"""The contract every method keeps, checked for each `conf/method/*.yaml` (a new method is covered without editing
+this file): it prepares a tiny-random model, trains through the real training loop, and exports a PEFT adapter
+that stock tools load on a freshly built, unmodified base — `PeftModel.from_pretrained` and lm-eval's
+`HFLM(pretrained=..., peft=...)` — with the trained model's logits (fp32, atol 1e-5).
+
+The slow test does the same on the embedded SmolLM2-135M for FoLoRA and LaLoRA through `python -m folora.run`, and
+scores the exported adapter with lm-eval's own HFLM: its scores equal the run's final scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from peft import PeftModel
+
+from folora.methods import MethodContext
+from folora.models import load_model
+from folora.runner import build_method, seed_everything
+from folora.tasks.data import load_task
+from folora.training import train
+from tests.conftest import read_results, run_folora
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+LOGITS_ATOL = 1e-5
+
+
+def tiny_config(method: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            "model=tiny-random", f"method={method}", "task.sizes.train=32", "task.sizes.validation=8",
+            "train.steps=3", "train.batch_size=4", "train.lr=2e-2", "train.warmup_ratio=0", "train.log_every=1"])
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """The tiny-random base saved as a plain transformers folder, as a user hands it to lm-eval."""
+    loaded = load_model(tiny_config("lora").model)
+    path = tmp_path_factory.mktemp("tiny-base")
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_prepare_train_export_and_reload_with_stock_tools(method, tmp_path, base_dir):
+    from lm_eval.models.huggingface import HFLM
+
+    cfg = tiny_config(method)
+    seed_everything(0)
+    loaded = load_model(cfg.model)
+    task = load_task(cfg.task, loaded.tokenizer)
+    method_obj = build_method(cfg.method)
+    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
+                        cache_dir=tmp_path / "cache", model_fingerprint=loaded.fingerprint)
+    model = method_obj.prepare(loaded.model, ctx)
+    summary = train(model, method_obj, task.train, cfg.train, pad_id=loaded.tokenizer.pad_token_id,
+                    device=torch.device("cpu"), seed=0, log=lambda *a, **k: None)
+    assert summary.steps == 3 and all(torch.isfinite(torch.tensor(summary.losses)))
+    method_obj.export(model, tmp_path / "adapter")
+
+    ids = torch.tensor([list(range(5, 40)), list(range(60, 95))])
+    fresh = load_model(cfg.model).model.eval()
+    with torch.no_grad():
+        trained = model.eval()(input_ids=ids).logits
+        base = fresh(input_ids=ids).logits
+        assert (trained - base).abs().max() > 1e-3, "training did not move the model: the check below would be empty"
+        reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=LOGITS_ATOL, rtol=0)
+        lm = HFLM(pretrained=str(base_dir), peft=str(tmp_path / "adapter"), dtype="float32", device="cpu", batch_size=1)
+        torch.testing.assert_close(lm.model.eval()(input_ids=ids).logits, trained, atol=LOGITS_ATOL, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["folora", "lalora"])
+def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(method, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    from folora.evals.suite import evaluate_lm
+
+    run_dir = tmp_path / method
+    overrides = [f"method={method}", "train.steps=4", "eval.limit=8", "logger=none"]
+    process = run_folora(run_dir, *overrides)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = read_results(run_dir)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    loaded = load_model(cfg.model)
+    lm = HFLM(pretrained=str(loaded.path), peft=str(run_dir / "adapter"), dtype="float32", device="cpu",
+              batch_size=int(cfg.eval.batch_size), max_length=int(cfg.eval.max_length))
+    scores = evaluate_lm(lm, cfg.eval)
+    finals = {item: m["final"]["value"] for item, m in results["metrics"].items()}
+    assert {item: s["value"] for item, s in scores.items()} == pytest.approx(finals, abs=1e-9), json.dumps(
+        {"lm_eval": {i: s["value"] for i, s in scores.items()}, "run": finals}, indent=1)
+    assert OmegaConf.select(cfg, "method.name") == results["method"]["name"]
