@@ -8,5 +8,5 @@ from folora.methods import PeftLoRAMethod
 class LoRA(PeftLoRAMethod):
     """Plain LoRA: PEFT's default initialization, AdamW, no regularizer. Everything is inherited."""
 
-    def __init__(self, name: str = "lora", knob: str = "train.lr", **options):
-        super().__init__(name, knob, **options)
+    def __init__(self, name: str = "lora", knob: str = "train.lr", **lora_options):
+        super().__init__(name, knob, **lora_options)

@@ -1,7 +1,9 @@
 """The Method interface: what a fine-tuning method must provide so the runner can drive it without knowing it.
 
-A method is one class (in `baselines/` or `folora/`) plus one YAML in `conf/method/` whose `_target_` names the
-class; Hydra instantiates it with the YAML's options. The runner calls, in order:
+A method is one class (in `baselines/`, or a package of its own such as `folora/fo_lora/`) plus one YAML in
+`conf/method/` whose `_target_` names the class; Hydra instantiates it with the YAML's options, after
+`check_method_options` has refused any key the class does not take. The YAMLs extend the shared adapter settings
+in `conf/method/_base/`. The runner calls, in order:
 
     model = method.prepare(model, ctx)      # wrap with adapters, apply the init, calibrate from ctx
     opt   = method.optimizer(params, train) # default AdamW
