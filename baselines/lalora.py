@@ -62,7 +62,7 @@ class LaLoRA(PeftLoRAMethod):
         cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options, "num_sequences": self.samples})
         with ctx.phase("calibration/proxy sampling"):
             return sample_proxy(model, ctx.tokenizer, cfg, model_fingerprint=ctx.model_fingerprint,
-                                cache_dir=ctx.cache_dir, device=ctx.device).sequences
+                                cache_dir=ctx.cache_dir, device=ctx.device, precision_used=ctx.precision).sequences
 
     def regularizer(self, model: torch.nn.Module) -> torch.Tensor | None:
         if self.lam == 0:

@@ -36,7 +36,8 @@ from folora.errors import FoloraError, require
 @dataclass
 class MethodContext:
     """What a method may use while preparing: the tokenizer, tokenized training examples, seed, device, where to
-    cache, the base model's fingerprint (a cache key), and `phase(name)`, a context manager that times a named
+    cache, the base model's fingerprint (a cache key), the resolved eval precision (`fp32` or `bf16`), at which
+    forward-only calibration passes may run, and `phase(name)`, a context manager that times a named
     sub-phase into results.json (`timing.phases_s`); phases named `calibration/...` add up to `timing.calibration_s`."""
 
     tokenizer: object
@@ -46,6 +47,7 @@ class MethodContext:
     cache_dir: Path
     model_fingerprint: str = ""
     phase: Callable[[str], AbstractContextManager] = lambda name: nullcontext()
+    precision: str = "fp32"   # resolved eval precision: forward passes that only gather statistics may use it
     extras: dict = field(default_factory=dict)
 
 

@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from folora import metrics, report
+from folora import metrics, precision, report
 from folora.errors import FoloraError, require
 from folora.evals import kl
 from folora.evals.suite import evaluate_suite, suite_fingerprint
@@ -64,12 +64,13 @@ class Phases:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-def cached_base_eval(model, tokenizer, eval_cfg: DictConfig, model_fingerprint: str) -> tuple[dict, bool]:
-    """Base-model scores, computed once per (model fingerprint, suite fingerprint) and cached on disk."""
-    path = cache_dir() / "base_evals" / f"{model_fingerprint}-{suite_fingerprint(eval_cfg)}.json"
+def cached_base_eval(model, tokenizer, eval_cfg: DictConfig, model_fingerprint: str, eval_precision: str
+                     ) -> tuple[dict, bool]:
+    """Base-model scores, computed once per (model fingerprint, suite fingerprint, precision) and cached on disk."""
+    path = cache_dir() / "base_evals" / f"{model_fingerprint}-{suite_fingerprint(eval_cfg)}-{eval_precision}.json"
     if path.is_file():
         return json.loads(path.read_text()), True
-    scores = evaluate_suite(model, tokenizer, eval_cfg)
+    scores = evaluate_suite(model, tokenizer, eval_cfg, eval_precision)
     write_json_atomic(path, scores)
     return scores, False
 
@@ -126,6 +127,7 @@ class Outcome:
     summary: TrainSummary
     trainable: int
     phases: Phases
+    precision: dict
     adapter: Path
 
 
@@ -133,39 +135,43 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
     """The phases of one run, in order; each is timed into `timing.phases_s`."""
     device = pick_device(cfg.device)
     method = build_method(cfg.method)
+    eval_precision = precision.resolve(cfg.eval.precision, device)   # eval, calibration and drafts
     phases = Phases()
     with phases("load model"):
         loaded = load_model(cfg.model)
         model, tokenizer = loaded.model.to(device), loaded.tokenizer
     with phases("load task data"):
-        drafter = BaseModelDrafter(model, tokenizer, device=device, cache_dir=cache_dir(),
+        drafter = BaseModelDrafter(model, tokenizer, device=device, cache_dir=cache_dir(), precision=eval_precision,
                                    model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
         task = load_task(cfg.task, tokenizer, drafter)
     record.update(data=provenance(cfg, loaded, task))
     kl_prompts = kl.encode_prompts(tokenizer, kl.load_prompts(cfg.eval.kl.get("prompts")), int(cfg.eval.kl.max_tokens))
 
     with phases("base eval"):
-        base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint)
+        base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint, eval_precision)
         print(f"[folora] base scores {'from cache' if cached else 'computed and cached'}", flush=True)
     with phases("base reference for kl"):
-        reference = kl.next_token_logprobs(model, kl_prompts, device)
+        reference = kl.next_token_logprobs(model, kl_prompts, device, eval_precision)
     with phases("prepare method"):
         context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
-                                cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases)
+                                cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,
+                                precision=eval_precision)
         model = method.prepare(model, context).to(device)
     with phases("train"):
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log)
     with phases("final eval"):
-        final = evaluate_suite(model, tokenizer, cfg.eval)
-        kl_score = kl.kl_to_reference(reference, kl.next_token_logprobs(model, kl_prompts, device))
+        final = evaluate_suite(model, tokenizer, cfg.eval, eval_precision)
+        kl_score = kl.kl_to_reference(reference, kl.next_token_logprobs(model, kl_prompts, device, eval_precision))
         val_examples = task.validation[: int(cfg.train.val_examples)]
-        val_loss = validation_loss(model, val_examples, pad_id=tokenizer.pad_token_id, device=device) if val_examples else None
+        val_loss = validation_loss(model, val_examples, pad_id=tokenizer.pad_token_id, device=device,
+                                   precision_used=eval_precision) if val_examples else None
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
     logger.log({f"eval/{item}": score["value"] for item, score in final.items()} | {"eval/kl_to_base": kl_score["value"]},
                summary.steps)
     return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
+                   precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                    phases=phases, adapter=run_dir / "adapter")
 
@@ -190,6 +196,7 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
         "target_gain": head["target_gain"],
         "retention": head["retention"],
         "kl_to_base": outcome.kl,
+        "precision": outcome.precision,
         "train": {**outcome.summary.to_dict(), "trainable_params": outcome.trainable,
                   "validation_loss": outcome.validation_loss},
         "timing": {"phases_s": seconds, "train_tokens_per_s": round(outcome.summary.tokens_per_s, 2),

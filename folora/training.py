@@ -1,5 +1,6 @@
 """The training loop: AdamW (or the method's optimizer), linear warmup + cosine decay, gradient clipping and
-accumulation, fp32 on CPU and bf16 autocast on GPU, seeded. Readable top to bottom; methods plug in through
+accumulation, `train.precision` (bf16 autocast where the hardware has it, fp32 master weights), batches grouped by
+length so little compute goes to padding, seeded. Readable top to bottom; methods plug in through
 `optimizer`, `regularizer`, `on_step` and `step_metrics`.
 
 `training_step` is the one optimizer step: `train` runs it in a loop and `make bench` times the same function, so
@@ -7,7 +8,6 @@ the figures the bench reports are of the loop real runs execute."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from folora import precision
 from folora.errors import FoloraError
 from folora.methods import Method
 from folora.tasks.data import IGNORE_INDEX, collate
@@ -26,6 +27,7 @@ class TrainSummary:
     steps: int
     tokens: int
     wall_s: float
+    precision: str = "fp32"
     losses: list[float] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
 
@@ -35,7 +37,7 @@ class TrainSummary:
 
     def to_dict(self) -> dict:
         tail = self.losses[-max(1, len(self.losses) // 10):]
-        return {"steps": self.steps, "tokens": self.tokens, "loss_first": self.losses[0], "loss_last": sum(tail) / len(tail),
+        return {"steps": self.steps, "tokens": self.tokens, "precision": self.precision, "loss_first": self.losses[0], "loss_last": sum(tail) / len(tail),
                 "loss_min": min(self.losses), "loss_curve": [round(x, 5) for x in self.losses], "logs": self.logs}
 
 
@@ -51,13 +53,28 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
-def batches(examples: list[dict], batch_size: int, pad_id: int, seed: int):
-    """An endless stream of shuffled batches, a new permutation each epoch, deterministic in `seed`."""
+def batches(examples: list[dict], batch_size: int, pad_id: int, seed: int, group_by_length: bool = False,
+            bucket_batches: int = 16):
+    """An endless stream of shuffled batches, a new permutation each epoch, deterministic in `seed`.
+
+    With `group_by_length`, each run of `bucket_batches` batches' worth of the permutation is sorted by length and
+    cut into batches, and the batches of the epoch are shuffled: examples of similar length share a batch, so
+    little compute goes to padding, while every example still appears once per epoch in a random step (the loss
+    is the same in expectation; only which examples share a step changes)."""
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(examples), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+        usable = len(order) - len(order) % batch_size
+        groups = [order[start:start + batch_size] for start in range(0, usable, batch_size)]
+        if group_by_length:
+            groups = []
+            span = batch_size * bucket_batches
+            for start in range(0, usable, span):
+                bucket = sorted(order[start:min(start + span, usable)], key=lambda i: len(examples[i]["input_ids"]))
+                groups += [bucket[k:k + batch_size] for k in range(0, len(bucket), batch_size)]
+            groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+        for group in groups:
+            yield collate([examples[i] for i in group], pad_id)
 
 
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -76,11 +93,6 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
                                              ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on a GPU, fp32 elsewhere; master weights and optimizer state stay fp32 either way."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 @dataclass
 class Trainer:
     """What one optimizer step needs: the model, the method, the optimizer built by the method, its schedule."""
@@ -92,6 +104,7 @@ class Trainer:
     params: list[torch.nn.Parameter]
     max_grad_norm: float
     device: torch.device
+    precision: str = "fp32"     # resolved: fp32 or bf16 (autocast; parameters and optimizer state stay fp32)
 
 
 @dataclass
@@ -108,7 +121,8 @@ def make_trainer(model: torch.nn.Module, method: Method, cfg: DictConfig, device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.optimizer(params, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * cfg.steps), cfg.steps))
-    return Trainer(model, method, optimizer, schedule, params, float(cfg.max_grad_norm), device)
+    return Trainer(model, method, optimizer, schedule, params, float(cfg.max_grad_norm), device,
+                   precision.resolve(cfg.get("precision", "fp32"), device))
 
 
 def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepResult:
@@ -121,7 +135,7 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
     lr = trainer.schedule.get_last_lr()[0]
     loss_value, tokens = 0.0, 0
     for batch in micro:
-        with autocast_for(trainer.device):
+        with precision.autocast(trainer.precision, trainer.device):
             loss = token_loss_sum(model, batch) / n_targets
         loss.backward()
         loss_value += loss.item()
@@ -146,8 +160,8 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
     if len(examples) < cfg.batch_size:
         raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
     trainer = make_trainer(model, method, cfg, device)
-    stream = batches(examples, cfg.batch_size, pad_id, seed)
-    summary = TrainSummary(steps=0, tokens=0, wall_s=0.0)
+    stream = batches(examples, cfg.batch_size, pad_id, seed, group_by_length=bool(cfg.get("group_by_length", False)))
+    summary = TrainSummary(steps=0, tokens=0, wall_s=0.0, precision=trainer.precision)
     model.train()
     start = time.perf_counter()
     progress = tqdm(range(cfg.steps), desc="train", unit="step", dynamic_ncols=True)
@@ -172,11 +186,12 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
 
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, examples: list[dict], *, pad_id: int, device: torch.device,
-                    batch_size: int = 8) -> float:
+                    batch_size: int = 8, precision_used: str = "fp32") -> float:
     """Mean response-token cross-entropy on held-out examples."""
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
-        total += float(token_loss_sum(model, batch))
+        with precision.autocast(precision_used, device):
+            total += float(token_loss_sum(model, batch))
         count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     return total / max(1, count)

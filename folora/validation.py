@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError, require
 from folora.methods import check_fields, check_method_options, type_matches
+from folora.precision import PRECISIONS
 
 ABSENT = object()
 
@@ -64,6 +65,9 @@ RULES: tuple[Rule, ...] = (
     Rule("train.warmup_ratio", float, fraction, "a fraction in [0, 1)", "train.warmup_ratio=0.1"),
     Rule("train.max_grad_norm", float, positive, "a positive number", "train.max_grad_norm=1.0"),
     Rule("train.log_every", int, positive, "a positive integer (steps between log records)", "train.log_every=4"),
+    Rule("train.precision", str, lambda v: v in PRECISIONS, "auto, fp32 or bf16", "train.precision=fp32"),
+    Rule("train.group_by_length", bool, None, "true or false", "train.group_by_length=true"),
+    Rule("eval.precision", str, lambda v: v in PRECISIONS, "auto, fp32 or bf16", "eval.precision=fp32"),
     Rule("train.val_examples", int, non_negative, "an integer >= 0 (0 skips the validation loss)",
          "train.val_examples=16"),
     Rule("eval.name", str, bool, "a non-empty name", "eval=embedded"),

@@ -1,7 +1,7 @@
 """`make bench`: where the time goes, measured side by side in one process and printed as a table.
 
-    python -m folora.bench [model=smollm2-135m] [steps=4] [warmup=1] [batch_size=8] [seq_len=128]
-                           [sections=ceiling,train,overhead,eval,scaling]
+    python -m folora.bench [model=smollm2-135m] [precision=auto] [steps=4] [warmup=1] [batch_size=8] [seq_len=128]
+                           [sections=ceiling,train,overhead,eval,scaling,run]
 
 1. ceiling   a large matmul (fp32; bf16 where the hardware has it) -> FLOP/s; the training FLOPs per token of the
              model under LoRA (forward + backward through a frozen base) -> the bound in tokens/s.
@@ -14,6 +14,11 @@
 4. eval      items/s for each item of the embedded suite; generated tokens/s batched vs one prompt at a time.
 5. scaling   LoRA / FoLoRA step time and FoLoRA calibration over tiny-random models of growing width and rank,
              and the cost predicted for an 8B model from fitted per-FLOP rates (docs/bench.md explains the model).
+6. run       `python -m folora.run` with the defaults, as `make run` runs it, on an empty cache (cold: model
+             conversion, base eval, proxy sampling) and again on the filled cache (warm): wall time and the phase
+             table. Not in the default sections (it takes two default runs); ask with sections=run.
+
+`precision=auto|fp32|bf16` (default auto: bf16 where the hardware has it) applies to every section.
 
 Writes everything as JSON to results/bench/bench_<model>_<device>.json. On a CUDA machine the same command runs
 unchanged: bf16 autocast, CUDA events for timing, model FLOP utilization against the measured bf16 peak.
@@ -26,6 +31,7 @@ from pathlib import Path
 import torch
 from hydra.utils import get_method
 
+from folora import precision
 from folora.bench.flops import ceiling, predict_8b
 from folora.bench.report import device_name, render
 from folora.bench.sections import (
@@ -36,14 +42,16 @@ from folora.bench.sections import (
     fixed_length,
     framework_vs_plain,
     generation_throughput,
+    make_run_phases,
     overhead,
+    precision_overrides,
     scaling,
 )
 from folora.models import load_model
 from folora.results import package_versions, write_json_atomic
 from folora.tasks.data import load_task
 
-OPTIONS = {"model": "smollm2-135m", "steps": "4", "warmup": "1", "batch_size": "8", "seq_len": "128",
+OPTIONS = {"model": "smollm2-135m", "precision": "auto", "steps": "4", "warmup": "1", "batch_size": "8", "seq_len": "128",
            "sections": "ceiling,train,overhead,eval,scaling", "widths": "64,128,256,512", "ranks": "8,16,32",
            "out": str(REPO / "results" / "bench")}
 
@@ -64,14 +72,16 @@ def main(argv: list[str]) -> dict:
     steps, warmup, seq_len = int(options["steps"]), int(options["warmup"]), int(options["seq_len"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    cfg = config(f"model={options['model']}", "method=lora", f"train.batch_size={options['batch_size']}")
+    cfg = config(f"model={options['model']}", "method=lora", f"train.batch_size={options['batch_size']}",
+                 *precision_overrides(options["precision"]))
+    used = precision.resolve(options["precision"], device)
     loaded = load_model(cfg.model)
     tokenizer = loaded.tokenizer
     task = load_task(cfg.task, tokenizer)
     report = {"model": options["model"], "device": device_name(device), "threads": torch.get_num_threads(),
-              "batch_size": int(options["batch_size"]), "seq_len": seq_len, "steps": steps, "versions": package_versions()}
+              "precision": used, "batch_size": int(options["batch_size"]), "seq_len": seq_len, "steps": steps, "versions": package_versions()}
     if "ceiling" in sections or "train" in sections:
-        report["ceiling"] = ceiling(device, loaded.model, seq_len, int(cfg.method.rank))
+        report["ceiling"] = ceiling(device, loaded.model, seq_len, int(cfg.method.rank), used)
     if "train" in sections:
         examples = fixed_length(task.train, seq_len)
         loops = framework_vs_plain(cfg, examples, tokenizer.pad_token_id, device, steps, warmup)
@@ -79,20 +89,22 @@ def main(argv: list[str]) -> dict:
         report["train"] = loops | {"framework_to_bound": loops["framework"] / bound,
                                    "framework_to_plain": loops["framework"] / loops["plain"],
                                    "model_flops_utilization": loops["framework"] * report["ceiling"]["train_flops_per_token"]["total"]
-                                   / max(report["ceiling"]["peak_flops"].values())}
+                                   / report["ceiling"]["peak_flops"].get(used, report["ceiling"]["peak_flops"]["fp32"])}
     if "eval" in sections:
         model = loaded.model.to(device)
         records = get_method(cfg.task.generator)("validation", 16, seed=int(cfg.task.seed))
         prompts = [r[cfg.task.columns.prompt] for r in records]
-        report["eval"] = {"items": eval_items(model, tokenizer, cfg.eval),
-                          "generation": generation_throughput(model, tokenizer, prompts, 64, device)}
+        report["eval"] = {"items": eval_items(model, tokenizer, cfg.eval, used),
+                          "generation": generation_throughput(model, tokenizer, prompts, 64, device, used)}
     if "overhead" in sections:
         report["overhead"] = overhead(options, device, steps, warmup, task, tokenizer, report.get("eval", {}))
     if "scaling" in sections:
         rows = scaling([int(w) for w in options["widths"].split(",")], [int(r) for r in options["ranks"].split(",")],
-                       device, steps, warmup)
+                       device, steps, warmup, options["precision"])
         reference = report.get("overhead", {}).get("calibration_split") or {**rows[-1], "name": "tiny-random"}
         report["scaling"] = {"rows": rows, "prediction_8b": predict_8b(reference, calibration_tokens(cfg))}
+    if "run" in sections:
+        report["run"] = make_run_phases(options["model"], options["precision"])
     out = Path(options["out"]) / f"bench_{options['model']}_{device.type}.json"
     write_json_atomic(out, report)
     print(render(report))

@@ -6,13 +6,7 @@ from __future__ import annotations
 import torch
 
 from folora.bench.timing import Clock
-
-
-def has_fast_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    capability = torch.backends.cpu.get_cpu_capability()
-    return "AMX" in capability or "BF16" in capability  # AVX2 / plain AVX512 emulate bf16 slower than fp32
+from folora.precision import has_native_bf16
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
@@ -51,15 +45,16 @@ def lora_training_flops_per_token(model: torch.nn.Module, seq_len: int, rank: in
     return figures | {"total": sum(figures.values()), "params_linear": linear, "params_head": head_size}
 
 
-def ceiling(device: torch.device, model: torch.nn.Module, seq_len: int, rank: int) -> dict:
+def ceiling(device: torch.device, model: torch.nn.Module, seq_len: int, rank: int, precision_used: str) -> dict:
+    """The matmul peak of every precision the device computes natively, and the bound at the one in use."""
     size = 4096 if device.type == "cuda" else 2048
     peaks = {"fp32": matmul_flops(device, torch.float32, size)}
-    if has_fast_bf16(device):
+    if has_native_bf16(device):
         peaks["bf16"] = matmul_flops(device, torch.bfloat16, size)
     flops = lora_training_flops_per_token(model, seq_len, rank)
-    peak = peaks.get("bf16", peaks["fp32"]) if device.type == "cuda" else peaks["fp32"]
+    peak = peaks.get(precision_used, peaks["fp32"])
     return {"matmul_size": size, "peak_flops": peaks, "train_flops_per_token": flops,
-            "bound_tokens_per_s": peak / flops["total"], "bound_dtype": "bf16" if peak is peaks.get("bf16") else "fp32"}
+            "bound_tokens_per_s": peak / flops["total"], "bound_dtype": precision_used}
 
 
 def input_dims(model: torch.nn.Module) -> list[int]:

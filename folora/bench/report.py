@@ -19,8 +19,8 @@ def _score_text(score: dict) -> str:
 
 
 def render(report: dict) -> str:
-    lines = [f"folora bench — {report['model']} on {report['device']}, batch {report['batch_size']} x "
-             f"{report['seq_len']} tokens, torch {report['versions']['torch']}", ""]
+    lines = [f"folora bench — {report['model']} on {report['device']}, {report.get('precision', 'fp32')}, batch "
+             f"{report['batch_size']} x {report['seq_len']} tokens, torch {report['versions']['torch']}", ""]
     if "ceiling" in report:
         c = report["ceiling"]
         flops = c["train_flops_per_token"]
@@ -64,4 +64,13 @@ def render(report: dict) -> str:
         p = report["scaling"]["prediction_8b"]
         lines += [f"  Llama-3.1-8B on this machine, from the rates of {p['reference']}: covariances ≈ "
                   f"{p['covariances_s'] / 60:.0f} min, full-basis solve ≈ {p['solve_s'] / 3600:.1f} h"]
+    if "run" in report:
+        runs = report["run"]
+        names = list(dict.fromkeys(name for figures in runs.values() for name in figures["phases_s"]))
+        lines += ["", "make run (the default run through python -m folora.run), seconds"]
+        lines += [f"  {'phase':42s} " + "  ".join(f"{label:>7s}" for label in runs)]
+        lines += [f"  {name:42s} " + "  ".join(f"{figures['phases_s'].get(name, 0.0):7.1f}" for figures in runs.values())
+                  for name in names]
+        lines += [f"  {'whole process (wall)':42s} " + "  ".join(f"{f['wall_s']:7.1f}" for f in runs.values()),
+                  f"  {'training tokens/s':42s} " + "  ".join(f"{f['train_tokens_per_s']:7.1f}" for f in runs.values())]
     return "\n".join(lines)

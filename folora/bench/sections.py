@@ -9,7 +9,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from folora import precision
 from folora.bench.flops import sum_d_cubed, sum_d_squared
 from folora.bench.timing import Clock
 from folora.methods import MethodContext
@@ -26,9 +31,14 @@ from folora.models import load_model
 from folora.runner import Phases
 from folora.tasks.data import IGNORE_INDEX, load_task
 from folora.tasks.drafts import greedy_chat
-from folora.training import autocast_for, batches, make_trainer, train, training_step
+from folora.training import batches, make_trainer, train, training_step
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def precision_overrides(name: str) -> list[str]:
+    """The bench runs training, evaluation and calibration at one precision (`auto` resolves per device)."""
+    return [f"train.precision={name}", f"eval.precision={name}"]
 
 
 def config(*overrides: str) -> DictConfig:
@@ -54,11 +64,12 @@ def plain_peft_model(cfg: DictConfig, device: torch.device):
     return model, optimizer
 
 
-def plain_steps(model, optimizer, stream, steps: int, device: torch.device) -> int:
+def plain_steps(model, optimizer, stream, steps: int, device: torch.device, precision_used: str) -> int:
+    """Plain PEFT steps at the same precision as the framework's (bf16 autocast is what a user would turn on)."""
     tokens = 0
     for _ in range(steps):
         batch = {k: v.to(device) for k, v in next(stream).items()}
-        with autocast_for(device):
+        with precision.autocast(precision_used, device):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -76,8 +87,9 @@ def framework_vs_plain(cfg: DictConfig, examples: list[dict], pad_id: int, devic
     plain, optimizer = plain_peft_model(cfg, device)
     train_cfg = OmegaConf.merge(cfg.train, {"steps": steps, "log_every": 10**9, "warmup_ratio": 0.0})
     silent = {"log": lambda *a, **k: None, "pad_id": pad_id, "device": device, "seed": 0}
+    used = precision.resolve(cfg.train.precision, device)
     train(framework, method, examples, OmegaConf.merge(train_cfg, {"steps": warmup}), **silent)
-    plain_steps(plain, optimizer, batches(examples, int(cfg.train.batch_size), pad_id, seed=0), warmup, device)
+    plain_steps(plain, optimizer, batches(examples, int(cfg.train.batch_size), pad_id, seed=0), warmup, device, used)
     clock, rates = Clock(device), {"framework": [], "plain": []}
     for _ in range(rounds):
         seconds = []
@@ -87,9 +99,9 @@ def framework_vs_plain(cfg: DictConfig, examples: list[dict], pad_id: int, devic
         seconds = []
         with clock(seconds):
             tokens = plain_steps(plain, optimizer, batches(examples, int(cfg.train.batch_size), pad_id, seed=0), steps,
-                                 device)
+                                 device, used)
         rates["plain"].append(tokens / seconds[0])
-    return {name: max(r) for name, r in rates.items()} | {"rounds": rates}
+    return {name: max(r) for name, r in rates.items()} | {"rounds": rates, "precision": used}
 
 
 def step_time_side_by_side(cfgs: dict[str, DictConfig], task, tokenizer, device, steps: int, warmup: int,
@@ -101,7 +113,8 @@ def step_time_side_by_side(cfgs: dict[str, DictConfig], task, tokenizer, device,
         method = instantiate(cfg.method)
         phases = Phases()
         ctx = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=0, device=device,
-                            cache_dir=calibration_cache, model_fingerprint=loaded.fingerprint, phase=phases)
+                            cache_dir=calibration_cache, model_fingerprint=loaded.fingerprint, phase=phases,
+                            precision=precision.resolve(cfg.eval.precision, device))
         start = time.perf_counter()
         model = method.prepare(loaded.model.to(device), ctx).to(device).train()
         prepare[name] = {"prepare_s": time.perf_counter() - start, **phases.seconds}
@@ -123,7 +136,7 @@ def step_time_side_by_side(cfgs: dict[str, DictConfig], task, tokenizer, device,
             "calibration": calibration}
 
 
-def eval_items(model, tokenizer, eval_cfg: DictConfig) -> dict:
+def eval_items(model, tokenizer, eval_cfg: DictConfig, precision_used: str) -> dict:
     """Each task group of the suite on its own, timed: items/s (items sharing one lm-eval task share its time)."""
     from folora.evals.suite import _group, evaluate_suite, suite_items
 
@@ -132,7 +145,7 @@ def eval_items(model, tokenizer, eval_cfg: DictConfig) -> dict:
         part = OmegaConf.merge(eval_cfg, {"items": None})
         part["items"] = {item.name: eval_cfg["items"][item.name] for item in group}
         start = time.perf_counter()
-        scores = evaluate_suite(model, tokenizer, part)
+        scores = evaluate_suite(model, tokenizer, part, precision_used)
         seconds = time.perf_counter() - start
         n = max(s["n"] for s in scores.values())
         figures[task] = {"items": [i.name for i in group], "n": n, "seconds": seconds, "items_per_s": n / seconds,
@@ -140,30 +153,32 @@ def eval_items(model, tokenizer, eval_cfg: DictConfig) -> dict:
     return figures
 
 
-def generation_throughput(model, tokenizer, prompts: list[str], max_new_tokens: int, device) -> dict:
+def generation_throughput(model, tokenizer, prompts: list[str], max_new_tokens: int, device, precision_used: str
+                          ) -> dict:
     """Greedy generation with the KV cache: all prompts in one left-padded batch vs one prompt at a time."""
     figures = {}
     for name, chunks in {"batched": [prompts], "one_at_a_time": [[p] for p in prompts]}.items():
         start = time.perf_counter()
-        generated = sum(greedy_chat(model, tokenizer, chunk, max_new_tokens, device)[1] for chunk in chunks)
+        with precision.autocast(precision_used, device):
+            generated = sum(greedy_chat(model, tokenizer, chunk, max_new_tokens, device)[1] for chunk in chunks)
         seconds = time.perf_counter() - start
         figures[name] = {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
     figures["speedup"] = figures["batched"]["tokens_per_s"] / figures["one_at_a_time"]["tokens_per_s"]
     return figures
 
 
-def tiny(width: int, rank: int, method: str) -> DictConfig:
-    return config("model=tiny-random", f"method={method}", f"method.rank={rank}",
+def tiny(width: int, rank: int, method: str, precision_name: str) -> DictConfig:
+    return config("model=tiny-random", f"method={method}", f"method.rank={rank}", *precision_overrides(precision_name),
                   f"model.architecture.hidden_size={width}", f"model.architecture.intermediate_size={2 * width}",
                   "model.architecture.num_attention_heads=4", "model.architecture.num_key_value_heads=2",
                   "task.sizes.train=256", "task.sizes.validation=8")
 
 
-def scaling(widths: list[int], ranks: list[int], device, steps: int, warmup: int) -> list[dict]:
+def scaling(widths: list[int], ranks: list[int], device, steps: int, warmup: int, precision_name: str) -> list[dict]:
     rows = []
     middle = widths[len(widths) // 2]
     for width, rank in [(w, 16) for w in widths] + [(middle, r) for r in ranks if r != 16]:
-        cfgs = {m: tiny(width, rank, m) for m in ("lora", "folora")}
+        cfgs = {m: tiny(width, rank, m, precision_name) for m in ("lora", "folora")}
         loaded = load_model(cfgs["lora"].model)
         task = load_task(cfgs["lora"].task, loaded.tokenizer)
         with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +205,8 @@ def calibration_tokens(cfg: DictConfig) -> int:
 
 
 def overhead(options: dict, device, steps: int, warmup: int, task, tokenizer, evaluation: dict) -> dict:
-    cfgs = {m: config(f"model={options['model']}", f"method={m}") for m in ("lora", "folora")}
+    cfgs = {m: config(f"model={options['model']}", f"method={m}", *precision_overrides(options["precision"]))
+            for m in ("lora", "folora")}
     with tempfile.TemporaryDirectory() as tmp:  # a fresh cache: proxy sampling is measured cold
         figures = step_time_side_by_side(cfgs, task, tokenizer, device, steps, warmup, Path(tmp))
     prepare = figures["prepare"]["folora"]
@@ -207,3 +223,22 @@ def overhead(options: dict, device, steps: int, warmup: int, task, tokenizer, ev
             "calibration_share_warm": (calibration_s - calibration.get("proxy sampling", 0)) / run_s,
             "calibration_split": {"name": options["model"], **calibration_split(
                 prepare, figures["calibration"]["folora"], load_model(cfgs["lora"].model).model)}}
+
+
+def make_run_phases(model: str, precision_name: str) -> dict:
+    """The default run through the real entry point, as `make run` runs it: first on an empty cache (cold), then
+    again on the cache it filled (warm). Wall time of the whole process and the run's own phase table."""
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="folora-bench-run-") as cache:
+        env = {**os.environ, "FOLORA_CACHE": cache}
+        for label in ("cold", "warm"):
+            run_dir = Path(cache) / f"run-{label}"
+            command = [sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", f"model={model}",
+                       *precision_overrides(precision_name)]
+            start = time.perf_counter()
+            subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            results = json.loads((run_dir / "results.json").read_text())
+            figures[label] = {"wall_s": time.perf_counter() - start, "phases_s": results["timing"]["phases_s"],
+                              "train_tokens_per_s": results["timing"]["train_tokens_per_s"],
+                              "precision": results.get("precision")}
+    return figures

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from folora import precision
+
 
 @dataclass
 class InputGroup:
@@ -82,8 +84,9 @@ def _accumulating(model: torch.nn.Module, groups: list[InputGroup], sums: dict[s
 
 @torch.no_grad()
 def accumulate(model: torch.nn.Module, groups: list[InputGroup], batches: list[dict[str, torch.Tensor]],
-               desc: str) -> tuple[dict[str, torch.Tensor], int]:
-    """Mean of x xᵀ per group over the unmasked tokens of `batches`; returns (covariances, token count)."""
+               desc: str, precision_used: str = "fp32") -> tuple[dict[str, torch.Tensor], int]:
+    """Mean of x xᵀ per group over the unmasked tokens of `batches`; returns (covariances, token count). The
+    forward runs at `precision_used`; the outer products are accumulated in fp32 either way."""
     device = next(model.parameters()).device
     sums = {g.key: torch.zeros(g.dim, g.dim, dtype=torch.float32, device=device) for g in groups}
     mask_box: list = [None]
@@ -93,21 +96,22 @@ def accumulate(model: torch.nn.Module, groups: list[InputGroup], batches: list[d
             batch = {k: v.to(device) for k, v in batch.items()}
             mask_box[0] = batch["attention_mask"]
             tokens += int(batch["attention_mask"].sum())
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            with precision.autocast(precision_used, device):
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return {k: v / max(1, tokens) for k, v in sums.items()}, tokens
 
 
 def streamed_covariances(model: torch.nn.Module, groups: list[InputGroup], proxy_batches: list[dict],
                          task_batches: list[dict], consume: Callable[[InputGroup, torch.Tensor, torch.Tensor], None],
-                         groups_per_pass: int | None = None) -> dict:
+                         groups_per_pass: int | None = None, precision_used: str = "fp32") -> dict:
     """For each chunk of groups: accumulate C_p (proxy) and C_t (task), call `consume(group, C_t, C_p)`, free."""
     chunk = groups_per_pass or len(groups)
     proxy_tokens = task_tokens = 0
     for start in range(0, len(groups), chunk):
         part = groups[start:start + chunk]
         label = f"{start // chunk + 1}/{-(-len(groups) // chunk)}"
-        c_p, proxy_tokens = accumulate(model, part, proxy_batches, f"covariance proxy {label}")
-        c_t, task_tokens = accumulate(model, part, task_batches, f"covariance task {label}")
+        c_p, proxy_tokens = accumulate(model, part, proxy_batches, f"covariance proxy {label}", precision_used)
+        c_t, task_tokens = accumulate(model, part, task_batches, f"covariance task {label}", precision_used)
         for group in part:
             consume(group, c_t.pop(group.key), c_p.pop(group.key))
     return {"proxy_tokens": proxy_tokens, "task_tokens": task_tokens, "groups": len(groups),

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from folora import precision
 from folora.errors import FoloraError, require
 from folora.results import write_json_atomic
 
@@ -55,17 +56,21 @@ class ProxyData:
 
 
 def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_fingerprint: str, cache_dir: Path,
-                 device: torch.device) -> ProxyData:
-    """Sample (or load from cache) `cfg.num_sequences` distinct sequences from `model`."""
+                 device: torch.device, precision_used: str = "fp32") -> ProxyData:
+    """Sample (or load from cache) `cfg.num_sequences` distinct sequences from `model` at a resolved precision
+    (the samples differ between fp32 and bf16, so the precision is part of the cache key)."""
     cfg.validate()
-    key = hashlib.sha256(json.dumps({"model": model_fingerprint, **asdict(cfg)}, sort_keys=True).encode()).hexdigest()[:16]
+    spec = {"model": model_fingerprint, **asdict(cfg), "precision": precision_used}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / "proxy" / f"{key}.json"
     if path.is_file():
         payload = json.loads(path.read_text())
         return ProxyData(payload["sequences"], payload["stats"], cached=True)
-    sequences = _sample(model, tokenizer, cfg, device)
+    with precision.autocast(precision_used, device):
+        sequences = _sample(model, tokenizer, cfg, device)
     stats = sequence_stats(sequences, tokenizer)
-    write_json_atomic(path, {"config": asdict(cfg), "model": model_fingerprint, "sequences": sequences, "stats": stats})
+    write_json_atomic(path, {"config": asdict(cfg), "model": model_fingerprint, "precision": precision_used,
+                             "sequences": sequences, "stats": stats})
     return ProxyData(sequences, stats)
 
 

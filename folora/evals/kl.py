@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from folora import precision
+
 DEFAULT_PROMPTS = Path(__file__).parent / "lm_tasks" / "data" / "kl_prompts.jsonl"
 
 
@@ -34,13 +36,20 @@ def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[torc
 
 
 @torch.no_grad()
-def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """log p(next token) at every position of every prompt, one prompt at a time (no padding effects)."""
+def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], device: torch.device,
+                        precision_used: str = "fp32") -> list[torch.Tensor]:
+    """log p(next token) at every position of every prompt, one prompt at a time (no padding effects), from fp32
+    logits at any precision."""
     out = []
-    for ids in encoded:
-        logits = model(input_ids=ids[None].to(device)).logits[0].float()
-        out.append(torch.log_softmax(logits, dim=-1).cpu())
+    with precision.autocast(precision_used, device), precision.fp32_logits(_transformers_model(model)):
+        for ids in encoded:
+            logits = model(input_ids=ids[None].to(device)).logits[0].float()
+            out.append(torch.log_softmax(logits, dim=-1).cpu())
     return out
+
+
+def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def kl_to_reference(reference: list[torch.Tensor], current: list[torch.Tensor]) -> dict:

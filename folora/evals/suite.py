@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from folora import precision
+
 LOCAL_TASKS = Path(__file__).parent / "lm_tasks"
 
 
@@ -50,7 +52,8 @@ def _min_limit(item_limit, global_limit):
 
 def suite_fingerprint(cfg: DictConfig) -> str:
     """Names what the base-model scores depend on: items, task files, shipped data, lm-eval version."""
-    digest = hashlib.sha256(json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True).encode())
+    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "precision"}   # keyed apart
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update(version("lm_eval").encode())
     for path in sorted(LOCAL_TASKS.rglob("*")):
         if path.is_file() and path.suffix in {".yaml", ".py", ".jsonl"}:
@@ -58,14 +61,18 @@ def suite_fingerprint(cfg: DictConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig) -> dict[str, dict]:
-    """Score every item of the suite on an already-built model (PEFT adapters included): see `evaluate_lm`."""
+def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used: str = "fp32") -> dict[str, dict]:
+    """Score every item of the suite on an already-built model (PEFT adapters included) at a resolved precision
+    (bf16 autocast with the output head in fp32, or fp32): see `evaluate_lm`."""
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
-    lm = HFLM(pretrained=_transformers_model(model), tokenizer=tokenizer, batch_size=int(cfg.batch_size),
+    transformers_model = _transformers_model(model)
+    lm = HFLM(pretrained=transformers_model, tokenizer=tokenizer, batch_size=int(cfg.batch_size),
               max_length=int(cfg.max_length))
-    return evaluate_lm(lm, cfg)
+    device = next(model.parameters()).device
+    with precision.autocast(precision_used, device), precision.fp32_logits(transformers_model):
+        return evaluate_lm(lm, cfg)
 
 
 def evaluate_lm(lm, cfg: DictConfig) -> dict[str, dict]:

@@ -89,7 +89,7 @@ class FoLoRA(PeftLoRAMethod):
         proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
         with ctx.phase("calibration/proxy sampling"):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
-                                 cache_dir=ctx.cache_dir, device=ctx.device)
+                                 cache_dir=ctx.cache_dir, device=ctx.device, precision_used=ctx.precision)
         pad = ctx.tokenizer.pad_token_id
         proxy_batches = list(token_batches(proxy.sequences, self.calibration.batch_size, pad))
         task = ctx.train_examples[: self.calibration.task_examples]
@@ -110,7 +110,7 @@ class FoLoRA(PeftLoRAMethod):
         self._covariances: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with ctx.phase("calibration/covariances and solve"):
             counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume,
-                                          self.calibration.groups_per_pass)
+                                          self.calibration.groups_per_pass, ctx.precision)
         self.member_of = {name: g.key for g in groups for name in g.members}
         self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
                                   "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),

@@ -12,18 +12,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from folora.precision import autocast
 from folora.results import write_json_atomic
 
 
 class BaseModelDrafter:
     def __init__(self, model: torch.nn.Module, tokenizer, *, device: torch.device, cache_dir: Path,
-                 model_fingerprint: str, max_new_tokens: int = 96, batch_size: int = 16):
-        self.model, self.tokenizer, self.device = model, tokenizer, device
+                 model_fingerprint: str, max_new_tokens: int = 96, batch_size: int = 16, precision: str = "fp32"):
+        self.model, self.tokenizer, self.device, self.precision = model, tokenizer, device, precision
         self.cache_dir, self.fingerprint = Path(cache_dir) / "drafts", model_fingerprint
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
 
     def __call__(self, requests: list[str]) -> list[str]:
-        key = hashlib.sha256(json.dumps([self.fingerprint, self.max_new_tokens, requests]).encode()).hexdigest()[:20]
+        spec = [self.fingerprint, self.max_new_tokens, self.precision, requests]
+        key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:20]
         path = self.cache_dir / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())["drafts"]
@@ -39,7 +41,8 @@ class BaseModelDrafter:
     def _generate(self, requests: list[str]) -> list[str]:
         was_training = self.model.training
         self.model.eval()
-        texts, _ = greedy_chat(self.model, self.tokenizer, requests, self.max_new_tokens, self.device)
+        with autocast(self.precision, self.device):
+            texts, _ = greedy_chat(self.model, self.tokenizer, requests, self.max_new_tokens, self.device)
         self.model.train(was_training)
         return [t.strip() for t in texts]
 
