@@ -55,7 +55,14 @@ class Cell:
 
 
 def available(group: str) -> dict[str, DictConfig]:
-    return {path.stem: OmegaConf.load(path) for path in sorted((CONF / group).glob("*.yaml"))}
+    """Every option of a config group, composed as a run sees it (a method YAML extends conf/method/_base/...)."""
+    from hydra import compose, initialize_config_dir
+
+    options = {}
+    for path in sorted((CONF / group).glob("*.yaml")):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            options[path.stem] = compose(config_name="config", overrides=[f"{group}={path.stem}"])[group]
+    return options
 
 
 def load_experiment(name: str, dotlist: list[str]) -> DictConfig:
