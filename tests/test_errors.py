@@ -19,8 +19,8 @@ def assert_clean_failure(run_dir, process, *phrases):
 @pytest.mark.parametrize(("overrides", "phrases"), [
     (["method.rank=0"], ["method.rank=0", "positive"]),
     (["method.rank=1000"], ["method.rank=1000 is larger than layer", "choose method.rank <="]),
-    (["train.lr=0"], ["train.lr=0", "must be positive"]),
-    (["train.steps=0"], ["train.steps=0", "must be positive"]),
+    (["train.lr=0"], ["train.lr=0", "must be a positive learning rate"]),
+    (["train.steps=0"], ["train.steps=0", "must be a positive integer"]),
     (["task=math-gsm8k", "task.data_files=/nonexistent/train.jsonl"], ["Data file not found: /nonexistent/train.jsonl"]),
     (["train.lr=1e30", "train.steps=3", "train.max_grad_norm=1e30"], ["The training loss became", "Lower train.lr"]),
     (["method.kappa=-1"], ["method.kappa=-1", "must be >= 0"]),
