@@ -130,3 +130,32 @@ def test_a_cuda_step_runs_bf16_autocast_with_fp32_state(tiny):
         result = training_step(trainer, [collate(task.train[4 * step:4 * step + 4], loaded.tokenizer.pad_token_id)], step)
         assert torch.isfinite(torch.tensor(result.loss))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_per_sequence_stopping_gives_the_texts_lm_eval_would_score(tiny):
+    """SuiteLM stops each sequence at its own first stop string; cut at the first stop string, as lm-eval does,
+    every text equals stock HFLM's."""
+    from lm_eval.models.huggingface import HFLM
+
+    from folora.evals.suite import suite_lm
+
+    cfg, loaded, _ = tiny
+    tokenizer, model = loaded.tokenizer, loaded.model.eval()
+    stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=256)
+    ours = suite_lm(model, tokenizer, cfg.eval, "fp32")
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    prompts = ["The cat", "Once upon a time there"]   # the seeded tiny model continues "atatex..." and "rerere..."
+    context = tokenizer(prompts, return_tensors="pt", padding=True)["input_ids"]
+    tokenizer.padding_side = side
+    stops = ["x", "r"]   # each sequence meets only one of them: lm-eval's criteria never stop this batch
+
+    def texts(lm):
+        output = lm._model_generate(context, max_length=context.shape[1] + 40, stop=stops, do_sample=False)
+        decoded = [tokenizer.decode(row[context.shape[1]:]) for row in output]
+        for stop in stops:
+            decoded = [t.split(stop)[0] for t in decoded]
+        return decoded, output.shape[1]
+
+    (ours_texts, ours_len), (stock_texts, stock_len) = texts(ours), texts(stock)
+    assert ours_texts == stock_texts
+    assert ours_len < stock_len   # and it stopped sooner

@@ -36,7 +36,7 @@ GOLDEN_RTOL = 1e-4
 
 def tiny_config(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=["model=tiny-random", "task.sizes.train=64",
+        return compose(config_name="config", overrides=["model=tiny-random", "task.sizes.train=64", "train.precision=fp32",
                                                         "task.sizes.validation=8", *overrides])
 
 
