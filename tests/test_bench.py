@@ -85,3 +85,29 @@ def test_generation_throughput_counts_generated_tokens_both_ways():
                                           6, torch.device("cpu"))
     assert figures["batched"]["tokens"] > 0 and figures["one_at_a_time"]["tokens"] > 0  # pads not counted
     assert figures["speedup"] > 0
+
+
+@pytest.mark.slow   # two runs through the entry point, each with two suite evaluations: minutes even on tiny-random
+def test_bench_times_the_default_run_cold_and_warm(tmp_path):
+    """The `run` section drives `python -m folora.run` twice on one fresh cache: the warm run finds the base eval
+    cached, and the phase table of each is reported."""
+    report = bench.main(["model=tiny-random", "sections=run", f"out={tmp_path}", "run_overrides=train.steps=2 "
+                         "train.batch_size=4 eval.limit=2 eval.kl.max_tokens=8 task.sizes.train=32 task.sizes.validation=8 "
+                         "logger=none train.val_examples=2 method.proxy.num_sequences=8"])
+    cold, warm = report["run"]["cold"], report["run"]["warm"]
+    assert cold["wall_s"] > 0 and warm["wall_s"] > 0
+    assert {"load model", "base eval", "train", "final eval"} <= set(cold["phases_s"])
+    assert warm["phases_s"]["base eval"] < cold["phases_s"]["base eval"]
+    assert cold["precision"]["train"] in ("fp32", "bf16")
+    assert "make run" in bench.render(report)
+
+
+def test_the_run_table_lists_every_phase_of_both_runs():
+    report = {"model": "m", "device": "d", "batch_size": 8, "seq_len": 128, "versions": {"torch": "x"},
+              "run": {"cold": {"wall_s": 300.0, "phases_s": {"load model": 20.0, "base eval": 100.0, "train": 90.0},
+                               "train_tokens_per_s": 301.0},
+                      "warm": {"wall_s": 200.0, "phases_s": {"load model": 2.0, "base eval": 0.1, "train": 91.0},
+                               "train_tokens_per_s": 299.0}}}
+    text = bench.render(report)
+    assert "base eval" in text and "100.0" in text and "0.1" in text and "whole process (wall)" in text
+    assert text.count("\n  load model") == 1

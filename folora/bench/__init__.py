@@ -16,7 +16,8 @@
              and the cost predicted for an 8B model from fitted per-FLOP rates (docs/bench.md explains the model).
 6. run       `python -m folora.run` with the defaults, as `make run` runs it, on an empty cache (cold: model
              conversion, base eval, proxy sampling) and again on the filled cache (warm): wall time and the phase
-             table. Not in the default sections (it takes two default runs); ask with sections=run.
+             table. Not in the default sections (it takes two default runs); ask with sections=run, and pass
+             overrides for both runs with "run_overrides=train.steps=3 eval.limit=3".
 
 `precision=auto|fp32|bf16` (default auto: bf16 where the hardware has it) applies to every section.
 
@@ -52,7 +53,7 @@ from folora.results import package_versions, write_json_atomic
 from folora.tasks.data import load_task
 
 OPTIONS = {"model": "smollm2-135m", "precision": "auto", "steps": "4", "warmup": "1", "batch_size": "8", "seq_len": "128",
-           "sections": "ceiling,train,overhead,eval,scaling", "widths": "64,128,256,512", "ranks": "8,16,32",
+           "sections": "ceiling,train,overhead,eval,scaling", "widths": "64,128,256,512", "ranks": "8,16,32", "run_overrides": "",
            "out": str(REPO / "results" / "bench")}
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> dict:
         reference = report.get("overhead", {}).get("calibration_split") or {**rows[-1], "name": "tiny-random"}
         report["scaling"] = {"rows": rows, "prediction_8b": predict_8b(reference, calibration_tokens(cfg))}
     if "run" in sections:
-        report["run"] = make_run_phases(options["model"], options["precision"])
+        report["run"] = make_run_phases(options["model"], options["precision"], options["run_overrides"].split())
     out = Path(options["out"]) / f"bench_{options['model']}_{device.type}.json"
     write_json_atomic(out, report)
     print(render(report))

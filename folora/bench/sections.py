@@ -225,7 +225,7 @@ def overhead(options: dict, device, steps: int, warmup: int, task, tokenizer, ev
                 prepare, figures["calibration"]["folora"], load_model(cfgs["lora"].model).model)}}
 
 
-def make_run_phases(model: str, precision_name: str) -> dict:
+def make_run_phases(model: str, precision_name: str, overrides: list[str] = ()) -> dict:
     """The default run through the real entry point, as `make run` runs it: first on an empty cache (cold), then
     again on the cache it filled (warm). Wall time of the whole process and the run's own phase table."""
     figures = {}
@@ -234,7 +234,7 @@ def make_run_phases(model: str, precision_name: str) -> dict:
         for label in ("cold", "warm"):
             run_dir = Path(cache) / f"run-{label}"
             command = [sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", f"model={model}",
-                       *precision_overrides(precision_name)]
+                       *precision_overrides(precision_name), *overrides]
             start = time.perf_counter()
             subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
             results = json.loads((run_dir / "results.json").read_text())
