@@ -21,7 +21,7 @@
 
 `precision=auto|fp32|bf16` (default auto: bf16 where the hardware has it) applies to every section.
 
-Writes everything as JSON to results/bench/bench_<model>_<device>.json. On a CUDA machine the same command runs
+Writes everything as JSON to results/bench/bench_<model>_<device>_<precision>.json. On a CUDA machine the same command runs
 unchanged: bf16 autocast, CUDA events for timing, model FLOP utilization against the measured bf16 peak.
 """
 
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> dict:
         report["scaling"] = {"rows": rows, "prediction_8b": predict_8b(reference, calibration_tokens(cfg))}
     if "run" in sections:
         report["run"] = make_run_phases(options["model"], options["precision"], options["run_overrides"].split())
-    out = Path(options["out"]) / f"bench_{options['model']}_{device.type}.json"
+    out = Path(options["out"]) / f"bench_{options['model']}_{device.type}_{used}.json"
     write_json_atomic(out, report)
     print(render(report))
     print(f"\nwritten: {out}")
