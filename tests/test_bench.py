@@ -82,7 +82,7 @@ def test_generation_throughput_counts_generated_tokens_both_ways():
     cfg = sections.config("model=tiny-random")
     loaded = load_model(cfg.model)
     figures = sections.generation_throughput(loaded.model, loaded.tokenizer, ["Say hi.", "Name a longer river please."],
-                                          6, torch.device("cpu"))
+                                          6, torch.device("cpu"), "bf16")
     assert figures["batched"]["tokens"] > 0 and figures["one_at_a_time"]["tokens"] > 0  # pads not counted
     assert figures["speedup"] > 0
 
