@@ -33,3 +33,20 @@ def run_folora(run_dir: Path, *overrides: str, env: dict | None = None) -> subpr
 def read_results(run_dir: Path) -> dict | None:
     path = run_dir / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def composed(*overrides: str):
+    """The run config `python -m folora.run <overrides>` would see, composed in-process."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def model_and_task(cfg):
+    """(cfg, loaded model, task data) for a composed config: what the tests that drive training need."""
+    from folora.models import load_model
+    from folora.tasks.data import load_task
+
+    loaded = load_model(cfg.model)
+    return cfg, loaded, load_task(cfg.task, loaded.tokenizer)

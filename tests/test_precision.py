@@ -8,29 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from folora import precision
 from folora.errors import FoloraError
-from folora.models import load_model
-from folora.tasks.data import collate, load_task
+from folora.tasks.data import collate
 from folora.training import batches, make_trainer, training_step
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.conftest import composed, model_and_task
 
 
 def tiny_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=["model=tiny-random", "task.sizes.train=96",
-                                                        "task.sizes.validation=8", *overrides])
+    return composed("model=tiny-random", "task.sizes.train=96", "task.sizes.validation=8", *overrides)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = tiny_config()
-    loaded = load_model(cfg.model)
-    return cfg, loaded, load_task(cfg.task, loaded.tokenizer)
+    return model_and_task(tiny_config())
 
 
 def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):

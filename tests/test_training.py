@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -25,6 +24,7 @@ from folora.models import load_model
 from folora.runner import seed_everything
 from folora.tasks.data import collate, load_task
 from folora.training import Trainer, lr_lambda, make_trainer, train, training_step
+from tests.conftest import composed, model_and_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GOLDEN = Path(__file__).parent / "golden" / "loss_curves.json"
@@ -35,16 +35,13 @@ GOLDEN_RTOL = 1e-4
 
 
 def tiny_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=["model=tiny-random", "task.sizes.train=64", "train.precision=fp32",
-                                                        "task.sizes.validation=8", *overrides])
+    return composed("model=tiny-random", "task.sizes.train=64", "train.precision=fp32", "eval.precision=fp32",
+                    "task.sizes.validation=8", *overrides)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = tiny_config()
-    loaded = load_model(cfg.model)
-    return cfg, loaded, load_task(cfg.task, loaded.tokenizer)
+    return model_and_task(tiny_config())
 
 
 def sgd_trainer(model, max_grad_norm: float = 1e9) -> Trainer:

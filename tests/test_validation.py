@@ -4,21 +4,15 @@ message that names the key and says what is valid; every shipped combination of 
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from folora.errors import FoloraError
 from folora.methods import check_method_options, method_options
 from folora.validation import RULES, validate_config
-from tests.conftest import TINY, read_results, run_folora
+from tests.conftest import TINY, composed, read_results, run_folora
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def refused(*overrides: str) -> str:
