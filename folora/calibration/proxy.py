@@ -36,7 +36,7 @@ class ProxyConfig:
     start: str = "bos"          # bos | random_token | seeds
     temperature: float = 1.0
     top_p: float = 0.95
-    batch_size: int = 16
+    batch_size: int = 64
     seed: int = 0
 
     def validate(self) -> None:
