@@ -24,10 +24,11 @@ def offline_cache(tmp_path_factory):
     return cache
 
 
-def run_folora(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_folora(run_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m folora.run` in a subprocess, writing into `run_dir`."""
     command = [sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def read_results(run_dir: Path) -> dict | None:

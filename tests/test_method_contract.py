@@ -84,7 +84,7 @@ def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(met
 
     run_dir = tmp_path / method
     overrides = [f"method={method}", "train.steps=4", "eval.limit=8", "logger=none"]
-    process = run_folora(run_dir, *overrides)
+    process = run_folora(run_dir, *overrides, timeout=3600)   # the embedded model: minutes, more on a busy machine
     assert process.returncode == 0, process.stderr[-3000:]
     results = read_results(run_dir)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
