@@ -32,16 +32,25 @@ def slice_offset(offset, m: int, r: int) -> int:
         return free
     if offset == "middle":
         return free // 2
-    if isinstance(offset, float) or (isinstance(offset, str) and "." in offset):
-        fraction = float(offset)
-        if not 0.0 <= fraction <= 1.0:
-            raise FoloraError(f"method.offset={offset}: a fractional offset must be in [0, 1].")
+    fraction = offset_fraction(offset)
+    if fraction is not None:
         return round(fraction * free)
     index = int(offset)
     if not 0 <= index <= free:
         raise FoloraError(f"method.offset={index}: the slice [{index}, {index + r}) does not fit in {m} singular values; "
                           f"use 0..{free}, a fraction in [0, 1], or top/middle/bottom.")
     return index
+
+
+def offset_fraction(offset) -> float | None:
+    """The fraction a float offset (or a string with a decimal point) names, checked to lie in [0, 1]; None for the
+    named and index offsets."""
+    if not (isinstance(offset, float) or (isinstance(offset, str) and "." in offset)):
+        return None
+    fraction = float(offset)
+    if not 0.0 <= fraction <= 1.0:
+        raise FoloraError(f"method.offset={offset}: a fractional offset must be in [0, 1].")
+    return fraction
 
 
 def svd_slice(weight: torch.Tensor, rank: int, offset, scale: float):
@@ -65,9 +74,7 @@ class SVDSlice(PeftLoRAMethod):
                 float(offset)
             except ValueError:
                 raise FoloraError(f"method.offset={offset!r} must be top, middle, bottom, an index or a fraction.") from None
-        fraction = isinstance(offset, float) or (isinstance(offset, str) and "." in offset)
-        if fraction and not 0.0 <= float(offset) <= 1.0:
-            raise FoloraError(f"method.offset={offset}: a fractional offset must be in [0, 1].")
+        offset_fraction(offset)   # a fraction out of range is refused now, before any layer is seen
         if isinstance(offset, int) and offset < 0:
             raise FoloraError(f"method.offset={offset}: an index offset must be >= 0 (0 is PiSSA's top slice).")
         self.offset = offset

@@ -63,6 +63,8 @@ def fp32_logits(model: torch.nn.Module):
     """Run the output head in fp32 (outside autocast) while the context is open: log-probabilities, bits per byte and
     KL are then computed from fp32 logits even when the rest of the forward pass runs in bf16 (a bf16 logit of
     magnitude 20 is rounded by up to 0.06 nats, as much as the effects being measured)."""
+    if hasattr(model, "get_base_model"):   # a PEFT model: the head belongs to the transformers model inside
+        model = model.get_base_model()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or not isinstance(head, torch.nn.Linear):
         yield

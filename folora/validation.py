@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -152,10 +153,8 @@ def check_eval_items(suite: DictConfig) -> None:
     items = suite.get("items")
     require(isinstance(items, DictConfig) and len(items) > 0,
             f"eval suite {suite.get('name')!r} has no items; list them under eval.items (see conf/eval/embedded.yaml).")
-    fields = {f.name: f.type for f in dataclasses.fields(EvalItem) if f.name != "name"}
-    hints = {"task": str, "metric": str, "higher_is_better": bool, "chat": bool, "limit": int | None,
-             "unsafe_code": bool}
-    assert set(hints) == set(fields), "keep the hints in step with EvalItem"
+    types = typing.get_type_hints(EvalItem)
+    hints = {f.name: types[f.name] for f in dataclasses.fields(EvalItem) if f.name != "name"}
     for name, spec in items.items():
         require(isinstance(spec, DictConfig) and spec.get("task") and spec.get("metric"),
                 f"eval.items.{name} is empty or incomplete: an item needs a task and a metric, e.g. "

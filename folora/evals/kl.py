@@ -41,15 +41,12 @@ def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], dev
     """log p(next token) at every position of every prompt, one prompt at a time (no padding effects), from fp32
     logits at any precision."""
     out = []
-    with precision.autocast(precision_used, device), precision.fp32_logits(_transformers_model(model)):
+    with precision.autocast(precision_used, device), precision.fp32_logits(model):
         for ids in encoded:
             logits = model(input_ids=ids[None].to(device)).logits[0].float()
             out.append(torch.log_softmax(logits, dim=-1).cpu())
     return out
 
-
-def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def kl_to_reference(reference: list[torch.Tensor], current: list[torch.Tensor]) -> dict:
