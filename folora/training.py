@@ -30,6 +30,7 @@ class TrainSummary:
     precision: str = "fp32"
     losses: list[float] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
+    trajectory: list[dict] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -38,7 +39,8 @@ class TrainSummary:
     def to_dict(self) -> dict:
         tail = self.losses[-max(1, len(self.losses) // 10):]
         return {"steps": self.steps, "tokens": self.tokens, "precision": self.precision, "loss_first": self.losses[0], "loss_last": sum(tail) / len(tail),
-                "loss_min": min(self.losses), "loss_curve": [round(x, 5) for x in self.losses], "logs": self.logs}
+                "loss_min": min(self.losses), "loss_curve": [round(x, 5) for x in self.losses], "logs": self.logs,
+                "trajectory": self.trajectory}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -155,22 +157,27 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
 
 
 def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: DictConfig, *, pad_id: int,
-          device: torch.device, seed: int, log) -> TrainSummary:
-    """Run `cfg.steps` optimizer steps of `cfg.grad_accum` micro-batches each; `log(metrics, step)` records."""
+          device: torch.device, seed: int, log, trajectory=None) -> TrainSummary:
+    """Run `cfg.steps` optimizer steps of `cfg.grad_accum` micro-batches each; `log(metrics, step)` records.
+
+    `trajectory` (a `folora.evals.trajectory.Trajectory`), if given, is measured before the first step and whenever
+    it is due; its time is not counted in the training throughput."""
     if len(examples) < cfg.batch_size:
         raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
     trainer = make_trainer(model, method, cfg, device)
     stream = batches(examples, cfg.batch_size, pad_id, seed, group_by_length=bool(cfg.get("group_by_length", False)))
     summary = TrainSummary(steps=0, tokens=0, wall_s=0.0, precision=trainer.precision)
     model.train()
-    start = time.perf_counter()
+    measure = _trajectory_recorder(model, trajectory, summary, log, int(cfg.steps))
+    measure(0)
+    start, paused = time.perf_counter(), 0.0
     progress = tqdm(range(cfg.steps), desc="train", unit="step", dynamic_ncols=True)
     for step in progress:
         result = training_step(trainer, [next(stream) for _ in range(cfg.grad_accum)], step)
         summary.steps = step + 1
         summary.tokens += result.tokens
         summary.losses.append(result.loss)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start - paused
         progress.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             record = {"step": step + 1, "loss": result.loss, "lr": trainer.schedule.get_last_lr()[0],
@@ -179,9 +186,26 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
                       **method.step_metrics()}
             summary.logs.append(record)
             log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
-    summary.wall_s = time.perf_counter() - start
+        paused += measure(step + 1)
+    summary.wall_s = time.perf_counter() - start - paused
     model.eval()
     return summary
+
+
+def _trajectory_recorder(model, trajectory, summary: TrainSummary, log, total: int):
+    """A function of the step that measures a trajectory point when one is due, records and logs it, and returns
+    the seconds it took (excluded from the training throughput)."""
+
+    def measure(step: int) -> float:
+        if trajectory is None or not trajectory.due(step, total):
+            return 0.0
+        start = time.perf_counter()
+        point = trajectory(model, step)
+        summary.trajectory.append(point)
+        log({f"trajectory/{k}": v for k, v in point.items() if k != "step" and v is not None}, step)
+        return time.perf_counter() - start
+
+    return measure
 
 
 @torch.no_grad()

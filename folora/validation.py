@@ -22,6 +22,7 @@ from folora.methods import check_fields, check_method_options, type_matches
 from folora.precision import PRECISIONS
 
 ABSENT = object()
+ITEM_KINDS = ("math", "code", "instruction", "knowledge", "language", "other")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ RULES: tuple[Rule, ...] = (
     Rule("eval.max_length", int, positive, "a positive integer (tokens)", "eval.max_length=2048"),
     Rule("eval.bootstrap_iters", int, non_negative, "an integer >= 0", "eval.bootstrap_iters=1000"),
     Rule("eval.limit", int | None, positive, "a positive integer or null (each item's own count)", "eval.limit=8"),
+    Rule("eval.every", int, non_negative, "an integer >= 0 (steps between trajectory points; 0: none)", "eval.every=10"),
     Rule("eval.include_defaults", bool, None, "true or false", "eval.include_defaults=false"),
     Rule("eval.include_paths", list, lambda v: all(isinstance(p, str) for p in v), "a list of folders",
          "eval.include_paths=[/my/tasks]"),
@@ -163,10 +165,19 @@ def check_eval_items(suite: DictConfig) -> None:
         check_fields(f"eval.items.{name}", plain, hints, "an eval item")
         require(plain.get("limit") is None or plain["limit"] > 0,
                 f"eval.items.{name}.limit={plain.get('limit')}: must be a positive integer or null.")
+        require(plain.get("kind", "other") in ITEM_KINDS, f"eval.items.{name}.kind={plain.get('kind')!r}: must be one "
+                f"of {', '.join(ITEM_KINDS)}.")
     for name, members in (suite.get("aggregates") or {}).items():
         unknown = [m for m in members if m not in items]
         require(members and not unknown, f"eval.aggregates.{name} names {unknown or 'no items'}; it must list items "
                 f"of the suite ({', '.join(items)}).")
+    forgetting = suite.get("forgetting") or []
+    unknown = [m for m in forgetting if m not in items]
+    require(not unknown, f"eval.forgetting names {unknown}; it must list items of the suite ({', '.join(items)}).")
+    for name in forgetting:
+        require(items[name].get("higher_is_better", True) is False, f"eval.forgetting lists {name}, a score where "
+                f"higher is better; the forgetting items are held-out text scored in bits per byte "
+                f"(higher_is_better: false).")
 
 
 def check_roles(task: DictConfig, suite: DictConfig) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny-random", "train.steps=3", "train.batch_size=4", "train.log_every=1", "train.val_examples=4",
-        "eval.limit=3", "eval.kl.max_tokens=16", "task.sizes.train=64", "task.sizes.validation=8", "logger=none"]
+        "eval.limit=3", "eval.every=2", "eval.kl.max_tokens=16", "task.sizes.train=64", "task.sizes.validation=8",
+        "logger=none"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, read_results, run_folora
 
-REQUIRED_KEYS = {"status", "config", "metrics", "target_gain", "retention", "kl_to_base", "train", "timing", "versions",
-                 "data", "git", "roles", "method"}
+REQUIRED_KEYS = {"status", "config", "metrics", "target_gain", "forgetting", "preservation", "kl_to_base", "train",
+                 "timing", "versions", "data", "git", "roles", "method", "outcomes"}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,39 @@ def test_results_json_is_complete(tiny_run):
         assert {"base", "final", "stderr"} <= set(score), item
         assert score["final"]["n"] == 3
     assert results["roles"]["math_strict"] == "target"
-    assert results["kl_to_base"]["value"] >= 0
+    assert results["roles"]["prose_bpb"] == results["roles"]["code_bpb"] == "forgetting"
+    assert results["roles"]["capitals_zeroshot"] == "diagnostic" and results["roles"]["capitals"] == "preservation"
+    assert results["kl_to_base"]["value"] >= 0 and len(results["kl_to_base"]["ci"]) == 2
     assert (run_dir / "config.yaml").is_file()
+
+
+def test_every_headline_has_a_paired_interval_recomputable_from_the_outcomes(tiny_run):
+    from folora import metrics
+    from folora.evals import outcomes
+
+    run_dir, _ = tiny_run
+    results = read_results(run_dir)
+    for name in ("target_gain", "forgetting"):
+        low, high = results[name]["ci"]
+        assert low <= results[name]["value"] <= high, name
+    saved = outcomes.load(run_dir / "outcomes.json.gz")
+    assert set(saved) == {"base", "final"} and set(saved["final"]) == set(results["metrics"])
+    for item, record in results["metrics"].items():
+        assert outcomes.score(saved["final"][item]) == pytest.approx(record["final"]["value"]), item
+        assert outcomes.score(saved["base"][item]) == pytest.approx(record["base"]["value"]), item
+    changes = metrics.item_changes(saved["base"], saved["final"])
+    assert changes["prose_bpb"]["change"].to_dict() == results["metrics"]["prose_bpb"]["change"]
+    assert "margin_change" in results["metrics"]["capitals"]
+    kept = results["preservation"]
+    assert kept["items"] == sum(role == "preservation" for role in results["roles"].values())
+    assert {"knowledge", "code", "instruction"} <= set(kept["by_kind"])
+
+
+def test_the_trajectory_starts_at_the_base_model(tiny_run):
+    trajectory = read_results(tiny_run[0])["train"]["trajectory"]
+    assert [p["step"] for p in trajectory] == [0, 2, 3]
+    assert trajectory[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)   # FoLoRA's init leaves the function unchanged
+    assert all({"val_loss", "kl_to_base", "bpb"} <= set(p) for p in trajectory)
 
 
 def test_the_default_method_is_folora_with_calibration_timed_and_forgetting_watched(tiny_run):
@@ -60,7 +91,7 @@ def test_lora_runs_through_the_same_entry_point(tmp_path):
 
 def test_the_run_prints_the_before_after_table(tiny_run):
     _, process = tiny_run
-    for word in ("math_strict", "capitals", "prose_bpb", "target_gain", "retention", "kl_to_base"):
+    for word in ("math_strict", "capitals", "prose_bpb", "target_gain", "forgetting", "preservation", "kl_to_base"):
         assert word in process.stdout
 
 

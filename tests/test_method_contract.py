@@ -93,7 +93,7 @@ def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(met
     loaded = load_model(cfg.model)
     lm = HFLM(pretrained=str(loaded.path), peft=str(run_dir / "adapter"), dtype="float32", device="cpu",
               batch_size=int(cfg.eval.batch_size), max_length=int(cfg.eval.max_length))
-    scores = evaluate_lm(lm, cfg.eval)
+    scores = evaluate_lm(lm, cfg.eval).scores
     finals = {item: m["final"]["value"] for item, m in results["metrics"].items()}
     assert {item: s["value"] for item, s in scores.items()} == pytest.approx(finals, abs=1e-9), json.dumps(
         {"lm_eval": {i: s["value"] for i, s in scores.items()}, "run": finals}, indent=1)

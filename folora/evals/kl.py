@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from folora import precision
+from folora.evals import paired
 
 DEFAULT_PROMPTS = Path(__file__).parent / "lm_tasks" / "data" / "kl_prompts.jsonl"
 
@@ -48,14 +49,16 @@ def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], dev
     return out
 
 
-
 def kl_to_reference(reference: list[torch.Tensor], current: list[torch.Tensor]) -> dict:
-    """Mean per-token KL(reference || current) per prompt, then its mean and standard error over prompts."""
+    """Mean per-token KL(reference || current) per prompt, then its mean over prompts with a standard error and a
+    95% percentile-bootstrap interval over prompts; the per-prompt values are kept (`per_prompt`)."""
     per_prompt = []
-    for ref, cur in zip(reference, current, strict=False):
+    for ref, cur in zip(reference, current, strict=True):
         kl = (ref.exp() * (ref - cur)).sum(-1)
         per_prompt.append(float(kl.mean()))
     n = len(per_prompt)
     mean = sum(per_prompt) / n
     stderr = math.sqrt(sum((x - mean) ** 2 for x in per_prompt) / (n - 1) / n) if n > 1 else None
-    return {"value": mean, "stderr": stderr, "n": n, "higher_is_better": False}
+    interval = paired.bootstrap_mean(per_prompt).to_dict()
+    return {"value": mean, "stderr": stderr, "ci": interval["ci"], "n": n, "higher_is_better": False,
+            "per_prompt": [round(x, 6) for x in per_prompt]}

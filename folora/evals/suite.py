@@ -1,10 +1,11 @@
 """An eval suite: lm-eval tasks run in-process on the loaded model, reduced to one score per item.
 
 A suite config (`conf/eval/*.yaml`) lists items; each names an lm-eval task, the metric to read from it, whether
-the prompt goes through the chat template, and an optional item count. Items that share a task and settings are
-evaluated in one lm-eval call. Every score comes with its standard error: lm-eval's own where it reports one,
-otherwise (bits per byte) a delta-method standard error of the ratio estimator, computed from the per-document
-log-likelihoods.
+the prompt goes through the chat template, an optional item count, its kind (knowledge, code, ...) and whether it
+is a diagnostic. Items that share a task and settings are evaluated in one lm-eval call. Every score comes with its
+standard error: lm-eval's own where it reports one, otherwise (bits per byte) a delta-method standard error of the
+ratio estimator, computed from the per-document log-likelihoods. Beside the scores, every item's per-document
+outcomes are kept (`folora.evals.outcomes`): the paired comparisons of `folora.evals.paired` are made on them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from folora import precision
+from folora.evals.outcomes import item_outcomes
 
 LOCAL_TASKS = Path(__file__).parent / "lm_tasks"
 
@@ -34,6 +36,16 @@ class EvalItem:
     chat: bool = False
     limit: int | None = None
     unsafe_code: bool = False  # the task executes generated code with lm-eval's own executor (humaneval, mbpp)
+    kind: str = "other"        # what the item measures (math, code, instruction, knowledge, language): groups preservation
+    diagnostic: bool = False   # reported with its paired change, kept out of every aggregate (e.g. a zero-shot probe)
+
+
+@dataclass
+class SuiteResult:
+    """Per item: the score (value, stderr, n, higher_is_better, kind) and the per-document outcomes."""
+
+    scores: dict[str, dict]
+    outcomes: dict[str, dict] = field(default_factory=dict)
 
 
 def suite_items(cfg: DictConfig) -> list[EvalItem]:
@@ -61,7 +73,7 @@ def suite_fingerprint(cfg: DictConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used: str = "fp32") -> dict[str, dict]:
+def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used: str = "fp32") -> SuiteResult:
     """Score every item of the suite on an already-built model (PEFT adapters included) at a resolved precision
     (bf16 autocast with the output head in fp32, or fp32): see `evaluate_lm`."""
     # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
@@ -89,10 +101,11 @@ def suite_lm(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used:
                    mixed_precision_dtype=torch.bfloat16 if precision_used == "bf16" else None)
 
 
-def evaluate_lm(lm, cfg: DictConfig) -> dict[str, dict]:
+def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
     """Score every item of the suite with an lm-eval model (`HFLM`, built by us or by a user from a model folder and
-    a `peft=` adapter): {item: {value, stderr, n, higher_is_better}}, then the suite's aggregates (means of items,
-    e.g. the forgetting average of Biderman et al. 2024), marked `aggregate_of`."""
+    a `peft=` adapter): {item: {value, stderr, n, higher_is_better, kind}}, then the suite's aggregates (means of
+    items, e.g. the forgetting average of Biderman et al. 2024), marked `aggregate_of`; and every item's
+    per-document outcomes."""
     import datasets
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -103,6 +116,7 @@ def evaluate_lm(lm, cfg: DictConfig) -> dict[str, dict]:
     manager = TaskManager(include_path=extra_paths, include_defaults=bool(cfg.get("include_defaults", False)))
     items = suite_items(cfg)
     scores: dict[str, dict] = {}
+    outcomes: dict[str, dict] = {}
     for (task, chat, limit), group in _group(items).items():
         output = simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=chat, limit=limit,
                                  bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
@@ -113,7 +127,8 @@ def evaluate_lm(lm, cfg: DictConfig) -> dict[str, dict]:
         samples = output["samples"].get(task) or [s for subtask in output["samples"].values() for s in subtask]
         for item in group:
             scores[item.name] = _score(item, results, samples)
-    return scores | aggregates(scores, cfg.get("aggregates") or {})
+            outcomes[item.name] = item_outcomes(item.metric, samples)
+    return SuiteResult(scores | aggregates(scores, cfg.get("aggregates") or {}), outcomes)
 
 
 def aggregates(scores: dict[str, dict], spec) -> dict[str, dict]:
@@ -149,7 +164,7 @@ def _score(item: EvalItem, results: dict, samples: list[dict]) -> dict:
     elif not isinstance(stderr, (int, float)):
         stderr = outcome_stderr([s.get(metric) for s in samples])
     return {"value": value, "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-            "n": len({s["doc_id"] for s in samples}), "higher_is_better": item.higher_is_better}
+            "n": len({s["doc_id"] for s in samples}), "higher_is_better": item.higher_is_better, "kind": item.kind}
 
 
 def outcome_stderr(values: list) -> float | None:

@@ -14,11 +14,18 @@ import datasets
 DATA_DIR = Path(__file__).parent / "data"
 
 
-def load_local(data_file: str, **_metadata) -> datasets.DatasetDict:
-    path = DATA_DIR / data_file
+def load_local(data_file: str, fewshot_file: str | None = None, **_metadata) -> datasets.DatasetDict:
+    """The `test` split from `data_file`; with `fewshot_file`, a `fewshot` split (the pool few-shot examples are
+    drawn from, disjoint from the scored records)."""
+    splits = {"test": data_file} | ({"fewshot": fewshot_file} if fewshot_file else {})
+    return datasets.DatasetDict({split: _load_jsonl(name) for split, name in splits.items()})
+
+
+def _load_jsonl(name: str) -> datasets.Dataset:
+    path = DATA_DIR / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; rebuild it with `python -m folora.evals.build_data`.")
-    return datasets.DatasetDict({"test": datasets.load_dataset("json", data_files=str(path), split="train")})
+    return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
 # --- code: completions run in folora's sandbox (folora/evals/sandbox.py) ---------------------------------------

@@ -1,0 +1,59 @@
+"""Learning–forgetting trajectories: cheap, method-agnostic signals measured every `eval.every` steps of training.
+
+At each point (step 0 — after the method's `prepare`, before any update — every `eval.every` steps, and the last):
+
+- `val_loss`: the target task's validation loss (response tokens, the same held-out examples at every point);
+- `kl_to_base`: mean per-prompt KL(base ‖ tuned) of the next-token distribution on the held-out KL prompts;
+- `bpb`: bits per byte of the held-out prose and code among those prompts (the prompts' own text scored by the
+  model, pooled over prompts).
+
+KL and bits per byte come from one forward pass per prompt. One run thus gives a curve (learning on one axis,
+departure from the pretrained model on the other), not a point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from folora import precision
+from folora.training import validation_loss
+
+
+@dataclass
+class Trajectory:
+    every: int                          # steps between points; 0: no trajectory
+    prompts: list[torch.Tensor]         # encoded held-out prompts (the KL prompts)
+    plain_text: list[bool]              # per prompt: scored for bits per byte (prose and code, not chat prompts)
+    reference: list[torch.Tensor]       # the base model's next-token log-probabilities on the prompts
+    tokenizer: object
+    val_examples: list[dict]
+    pad_id: int
+    device: torch.device
+    precision: str = "fp32"
+
+    def due(self, step: int, total: int) -> bool:
+        return self.every > 0 and (step == 0 or step % self.every == 0 or step == total)
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, step: int) -> dict:
+        was_training = model.training
+        model.eval()
+        kl, nll, nbytes = [], 0.0, 0
+        with precision.autocast(self.precision, self.device), precision.fp32_logits(model):
+            for ids, ref, scored in zip(self.prompts, self.reference, self.plain_text, strict=True):
+                logits = model(input_ids=ids[None].to(self.device)).logits[0].float()
+                logprobs = torch.log_softmax(logits, dim=-1).cpu()
+                kl.append(float((ref.exp() * (ref - logprobs)).sum(-1).mean()))
+                if scored and len(ids) > 1:
+                    nll -= float(logprobs[:-1].gather(1, ids[1:, None]).sum())
+                    nbytes += len(self.tokenizer.decode(ids[1:]).encode("utf-8"))
+        point = {"step": step, "kl_to_base": sum(kl) / len(kl),
+                 "bpb": nll / nbytes / math.log(2) if nbytes else None}
+        if self.val_examples:
+            point["val_loss"] = validation_loss(model, self.val_examples, pad_id=self.pad_id, device=self.device,
+                                                precision_used=self.precision)
+        model.train(was_training)
+        return point
