@@ -2,9 +2,13 @@
 
     python -m analysis.collect runs multirun        # prints a summary table of every run found
 
-Columns: run folder, status, error, model, task, method, knob and its value, seed, target_gain, mean retention,
-kl_to_base, train tokens/s, wall seconds, and for every eval item `base:<item>`, `final:<item>`, `role:<item>`
-and (preservation items) `retention:<item>`.
+Columns: run folder, status, error, model, task, method, knob and its value, seed; the headlines `target_gain`,
+`forgetting`, `kl_to_base` and `preservation` (mean normalized change), each with its paired 95% interval
+(`<name>_low`, `<name>_high`), and `preservation_dropped` (items that dropped significantly); train tokens/s, wall
+seconds; for every eval item `base:<item>`, `final:<item>`, `change:<item>` with `change_low:` / `change_high:`,
+`margin_change:<item>` (multiple choice), `role:<item>` and `hib:<item>` (higher is better); and `trajectory`, the
+run's learning–forgetting points (a list, not written to CSV).
+Records of schema 1 (before paired changes) give their values without intervals.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+HEADLINES = ("target_gain", "forgetting", "kl_to_base", "preservation")
 
 
 def find_results(roots: list[Path]) -> list[Path]:
@@ -34,6 +40,14 @@ def row(path: Path) -> dict:
     return record_row(json.loads(path.read_text()), str(path.parent))
 
 
+def _entry(value) -> tuple[float | None, float | None, float | None]:
+    """(value, low, high) from a headline entry: {"value", "ci"} (schema 2) or a bare number (schema 1)."""
+    if isinstance(value, dict):
+        ci = value.get("ci") or (None, None)
+        return value.get("value"), ci[0], ci[1]
+    return value, None, None
+
+
 def record_row(data: dict, run: str) -> dict:
     """One row from a results.json record. A failed run has no `method` section: its knob comes from the config."""
     config = data.get("config", {})
@@ -43,18 +57,27 @@ def record_row(data: dict, run: str) -> dict:
     out = {"run": run, "status": data.get("status"), "error": (data.get("error") or {}).get("message"),
            "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
            "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": knob_value,
-           "seed": config.get("seed"), "target_gain": data.get("target_gain"),
-           "retention": (data.get("retention") or {}).get("mean"),
-           "kl_to_base": (data.get("kl_to_base") or {}).get("value"),
-           "train_tokens_per_s": (data.get("timing") or {}).get("train_tokens_per_s"),
-           "wall_s": (data.get("timing") or {}).get("wall_s")}
-    per_item = (data.get("retention") or {}).get("per_item") or {}
+           "seed": config.get("seed")}
+    preservation = data.get("preservation") or {}
+    sources = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
+               "kl_to_base": data.get("kl_to_base"), "preservation": preservation.get("mean_change")}
+    for name, entry in sources.items():
+        out[name], out[f"{name}_low"], out[f"{name}_high"] = _entry(entry)
+    out["preservation_dropped"] = len(preservation["dropped"]) if "dropped" in preservation else None
+    out |= {"train_tokens_per_s": (data.get("timing") or {}).get("train_tokens_per_s"),
+            "wall_s": (data.get("timing") or {}).get("wall_s"),
+            "trajectory": ((data.get("train") or {}).get("trajectory")) or None}
     for item, score in (data.get("metrics") or {}).items():
         out[f"base:{item}"] = score["base"]["value"]
         out[f"final:{item}"] = score["final"]["value"]
         out[f"role:{item}"] = (data.get("roles") or {}).get(item)
-        if item in per_item:
-            out[f"retention:{item}"] = per_item[item]
+        out[f"hib:{item}"] = score["base"].get("higher_is_better", True)
+        if "change" in score:
+            out[f"change:{item}"], out[f"change_low:{item}"], out[f"change_high:{item}"] = _entry(score["change"])
+        else:
+            out[f"change:{item}"] = score["final"]["value"] - score["base"]["value"]
+        if "margin_change" in score:
+            out[f"margin_change:{item}"] = score["margin_change"]["value"]
     return out
 
 
@@ -64,7 +87,8 @@ def collect(roots: list[Path]) -> pd.DataFrame:
 
 def wandb_rows(runs) -> pd.DataFrame:
     """The same columns from W&B runs (e.g. `wandb.Api().runs("entity/folora", {"group": "main"})`): the run's
-    config is the resolved folora config, its summary holds the headline numbers and `eval/<item>` scores."""
+    config is the resolved folora config, its summary holds the headline numbers (with `<name>_low` / `_high`)
+    and `eval/<item>` scores."""
     rows = []
     for run in runs:
         summary = dict(run.summary)
@@ -73,9 +97,11 @@ def wandb_rows(runs) -> pd.DataFrame:
         out = {"run": f"wandb:{run.id}", "status": summary.get("status"), "error": None,
                "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
                "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": _select(config, knob),
-               "seed": config.get("seed"), "target_gain": summary.get("target_gain"),
-               "retention": summary.get("retention"), "kl_to_base": summary.get("kl_to_base"),
-               "train_tokens_per_s": None, "wall_s": summary.get("_runtime")}
+               "seed": config.get("seed"), "train_tokens_per_s": None, "wall_s": summary.get("_runtime")}
+        for name in HEADLINES:
+            key = "preservation_mean_change" if name == "preservation" else name
+            out |= {name: summary.get(key), f"{name}_low": summary.get(f"{key}_low"),
+                    f"{name}_high": summary.get(f"{key}_high")}
         out |= {f"final:{k.removeprefix('eval/')}": v for k, v in summary.items()
                 if k.startswith("eval/") and k != "eval/kl_to_base"}
         rows.append(out)
@@ -92,5 +118,5 @@ def collect_wandb(path: str, group: str | None = None) -> pd.DataFrame:
 
 if __name__ == "__main__":
     frame = collect([Path(a) for a in sys.argv[1:]] or [Path("runs"), Path("multirun")])
-    columns = ["method", "task", "knob_value", "seed", "status", "target_gain", "retention", "kl_to_base", "wall_s"]
+    columns = ["method", "task", "knob_value", "seed", "status", *HEADLINES, "wall_s"]
     print(frame[[c for c in columns if c in frame]].to_string(index=False) if len(frame) else "no results.json found")

@@ -1,7 +1,11 @@
-"""Render an experiment from its collected runs: tables (markdown, CSV, LaTeX) with mean ± std over seeds, the
-learning-vs-forgetting trade-off plot and a per-item retention heat map (PNG and PDF), and a README.
+"""Render an experiment from its collected runs: tables (markdown, CSV, LaTeX) with a 95% interval per cell, the
+learning-vs-forgetting trade-off plot, learning–forgetting trajectories, the per-item heat map of paired changes,
+each method's forgetting compared with a reference method's at matched target gain, and a README.
 
-Reads only the DataFrame built by `analysis.collect` (i.e. results.json files), never model code.
+Intervals: a cell with several completed seeds gets the t interval of the mean over seeds (seed-to-seed variation:
+training data order, initialization, proxy samples); a cell with one seed shows that run's own paired interval
+over documents, marked `†` (evaluation noise only). Reads only the DataFrame built by `analysis.collect` (i.e.
+results.json files), never model code.
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
-METRIC_LABELS = {"target_gain": "target gain (after − before)", "retention": "mean retention (after / before)",
-                 "kl_to_base": "KL(base ‖ tuned), nats/token"}
+CONFIDENCE = 0.95
+METRIC_LABELS = {"target_gain": "target gain (after − before)",
+                 "forgetting": "forgetting: bits-per-byte increase on held-out text",
+                 "kl_to_base": "KL(base ‖ tuned), nats/token",
+                 "preservation": "preservation: mean normalized change"}
+SIGNED = ("target_gain", "forgetting", "preservation")   # metrics whose interval is read against zero
 
 
 def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """One row per group: completed/failed run counts and, over completed runs, mean and std (ddof=1) of each
-    metric. A group whose every run failed keeps its row, with empty metrics."""
+    """One row per group: completed/failed run counts and, over completed runs, the mean, std (ddof=1) and 95%
+    interval of each metric (t over seeds; with one seed, that run's paired interval, `interval` = documents).
+    A group whose every run failed keeps its row, with empty metrics."""
     if frame.empty:
         return pd.DataFrame(columns=[*group_by, "runs", "failed"])
     keyed = frame.assign(knob_value=frame["knob_value"].map(_knob_label))
@@ -32,13 +42,28 @@ def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> p
         done = group[group.status == "completed"]
         row = dict(zip(group_by, key if isinstance(key, tuple) else (key,), strict=True))
         row |= {"knob": group["knob"].iloc[0], "runs": len(done), "failed": int((group.status == "failed").sum()),
-                "seeds": ",".join(str(s) for s in sorted(done.seed))}
+                "seeds": ",".join(str(s) for s in sorted(done.seed)),
+                "interval": "seeds" if len(done) > 1 else "documents" if len(done) == 1 else ""}
         for metric in metrics:
-            values = pd.to_numeric(done[metric], errors="coerce").dropna()
-            row[f"{metric}_mean"] = values.mean() if len(values) else math.nan
-            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            values = pd.to_numeric(done[metric], errors="coerce").dropna() if metric in done else pd.Series(dtype=float)
+            row |= _cell(metric, values, done)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _cell(metric: str, values: pd.Series, done: pd.DataFrame) -> dict:
+    n = len(values)
+    mean = values.mean() if n else math.nan
+    std = values.std(ddof=1) if n > 1 else math.nan
+    if n > 1:
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+    elif n == 1 and f"{metric}_low" in done:
+        low, high = (pd.to_numeric(done[f"{metric}_low"], errors="coerce").iloc[0],
+                     pd.to_numeric(done[f"{metric}_high"], errors="coerce").iloc[0])
+    else:
+        low = high = math.nan
+    return {f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_low": low, f"{metric}_high": high}
 
 
 def _knob_label(value) -> str:
@@ -47,19 +72,28 @@ def _knob_label(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _pm(mean: float, std: float, digits: int = 4) -> str:
+def _ci(metric: str, mean: float, low: float, high: float, kind: str, digits: int = 4) -> str:
+    """`+0.0123 [+0.0040, +0.0200] *`; `†` marks a one-seed interval over documents; `*` an interval without zero."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "failed"
-    return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
+    sign = "+" if metric in SIGNED else ""
+    text = f"{mean:{sign}.{digits}f}"
+    if not (isinstance(low, float) and math.isnan(low)) and low is not None:
+        text += f" [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]" + ("†" if kind == "documents" else "")
+        if metric in SIGNED and (low > 0 or high < 0):
+            text += " *"
+    return text
 
 
 def display_table(summary: pd.DataFrame, group_by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """The human-readable table: mean ± std strings, and a status column that names failures."""
+    """The human-readable table: mean [95% interval] strings, and a status column that names failures."""
     keys = [c for c in group_by if c != "knob_value"] + ["knob"] + (["knob_value"] if "knob_value" in group_by else [])
     shown = summary[keys].copy()
     shown["runs"] = [f"{r}" + (f" ({f} failed)" if f else "") for r, f in zip(summary.runs, summary.failed, strict=True)]
     for metric in metrics:
-        shown[metric] = [_pm(m, s) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)]
+        shown[metric] = [_ci(metric, m, lo, hi, kind) for m, lo, hi, kind in
+                         zip(summary[f"{metric}_mean"], summary[f"{metric}_low"], summary[f"{metric}_high"],
+                             summary["interval"], strict=True)]
     return shown
 
 
@@ -67,7 +101,7 @@ def write_tables(summary: pd.DataFrame, shown: pd.DataFrame, out: Path) -> dict[
     paths = {"csv": out / "table.csv", "markdown": out / "table.md", "latex": out / "table.tex"}
     summary.to_csv(paths["csv"], index=False)
     paths["markdown"].write_text(shown.to_markdown(index=False) + "\n")
-    latex = shown.replace({"±": r"$\pm$"}, regex=True)
+    latex = shown.map(lambda v: v.replace("†", r"$^\dagger$").replace(" *", r" $^*$") if isinstance(v, str) else v)
     paths["latex"].write_text(latex.to_latex(index=False, escape=False, column_format="l" * len(shown.columns)))
     return paths
 
@@ -78,9 +112,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(set(front))
 
 
-def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, x: str = "target_gain", y: str = "retention") -> list[Path]:
-    """x: target gain, y: mean retention; one colour per method, error bars = std over seeds, each method's knob
-    values joined in knob order (its trade-off curve), the Pareto front over all points dashed."""
+def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, x: str = "target_gain", y: str = "forgetting"
+                  ) -> list[Path]:
+    """x: target gain, y: forgetting (lower is better); one colour per method, error bars = the cells' 95% intervals,
+    each method's knob values joined in knob order (its trade-off curve), the Pareto front (most gain, least
+    forgetting) dashed."""
     tasks = sorted(summary.task.unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
     colours = _colours(summary.method)
@@ -88,49 +124,190 @@ def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, x: str = "target
         part = summary[(summary.task == task) & summary[f"{x}_mean"].notna() & summary[f"{y}_mean"].notna()]
         for method, rows in part.groupby("method", sort=True):
             rows = rows.sort_values("knob_value", key=lambda s: s.map(_sort_key))
-            ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=rows[f"{x}_std"].fillna(0),
-                        yerr=rows[f"{y}_std"].fillna(0), fmt="o-" if len(rows) > 1 else "o", color=colours[method],
-                        label=method, capsize=3, markersize=6, linewidth=1.2)
+            ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=_bars(rows, x), yerr=_bars(rows, y),
+                        fmt="o-" if len(rows) > 1 else "o", color=colours[method], label=method, capsize=3,
+                        markersize=6, linewidth=1.2)
             if len(rows) > 1:
                 for _, r in rows.iterrows():
                     ax.annotate(f"{r.knob_value}", (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7, color=colours[method])
-        front = pareto_front(list(zip(part[f"{x}_mean"], part[f"{y}_mean"], strict=True)))
+        front = [(gx, -gy) for gx, gy in pareto_front([(a, -b) for a, b in zip(part[f"{x}_mean"], part[f"{y}_mean"],
+                                                                                 strict=True)])]
         if len(front) > 1:
             ax.plot(*zip(*front, strict=True), "--", color="grey", linewidth=1, label="Pareto front", zorder=0)
-        ax.axhline(1.0, color="black", linewidth=0.5, alpha=0.4)
+        ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
         ax.axvline(0.0, color="black", linewidth=0.5, alpha=0.4)
-        ax.set(xlabel=METRIC_LABELS.get(x, x), ylabel=METRIC_LABELS.get(y, y), title=f"{title} — task {task}")
+        ax.set(xlabel=METRIC_LABELS.get(x, x), ylabel=METRIC_LABELS.get(y, y) + " (lower is better)",
+               title=f"{title} — task {task}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     return _save(fig, out / "tradeoff")
 
 
-def retention_heatmap(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
-    """Mean over completed seeds of after/before for every preservation item, one row per method (and knob value)."""
+def _bars(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    """Asymmetric error bars (below, above) from the cells' intervals; zero where a cell has none."""
+    mean = rows[f"{metric}_mean"].to_numpy(float)
+    low, high = rows[f"{metric}_low"].to_numpy(float), rows[f"{metric}_high"].to_numpy(float)
+    return np.nan_to_num(np.vstack([mean - low, high - mean]).clip(min=0))
+
+
+def change_heatmap(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
+    """Per method (and knob value) and eval item: the mean paired change over completed seeds, coloured by whether
+    it is better (blue) or worse (red) with each column on its own scale; `*` marks a change whose interval
+    excludes zero (t over seeds, or with one seed the run's paired interval over documents)."""
     done = frame[frame.status == "completed"]
-    columns = sorted(c for c in done.columns if c.startswith("retention:") and done[c].notna().any())
+    items = [c.removeprefix("change:") for c in done.columns if c.startswith("change:") and done[c].notna().any()]
     tasks = sorted(done.task.unique()) if len(done) else []
-    if not columns or not tasks:
+    if not items or not tasks:
         return []
     rows = max(len(set(_row_labels(done[done.task == t]))) for t in tasks)
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6.0, 1.1 * len(columns) + 3.5), len(tasks) * (0.4 * rows + 1.6)),
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6.0, 0.9 * len(items) + 3.5), len(tasks) * (0.45 * rows + 2.0)),
                              squeeze=False)
     for ax, task in zip(axes[:, 0], tasks, strict=True):
         part = done[done.task == task]
         part = part.assign(label=_row_labels(part))
-        table = part.groupby("label")[columns].mean().sort_index()
-        values = table.to_numpy(dtype=float)
-        spread = max(0.02, float(np.nanmax(np.abs(values - 1.0)))) if np.isfinite(values).any() else 0.1
-        image = ax.imshow(values, cmap="RdBu", vmin=1 - spread, vmax=1 + spread, aspect="auto")
-        ax.set_xticks(range(len(columns)), [c.removeprefix("retention:") for c in columns], rotation=30, ha="right")
-        ax.set_yticks(range(len(table)), table.index)
+        labels = sorted(part.label.unique())
+        values = np.full((len(labels), len(items)), np.nan)
+        marks = np.zeros_like(values, dtype=bool)
+        for i, label in enumerate(labels):
+            runs = part[part.label == label]
+            for j, item in enumerate(items):
+                changes = pd.to_numeric(runs[f"change:{item}"], errors="coerce").dropna()
+                if changes.empty:
+                    continue
+                values[i, j] = changes.mean()
+                marks[i, j] = _significant(changes, runs, item)
+        better = values * np.array([1.0 if _higher_is_better(part, item) else -1.0 for item in items])
+        scale = np.nanmax(np.abs(better), axis=0)
+        shade = better / np.where(scale > 0, scale, 1.0)
+        image = ax.imshow(shade, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+        roles = [part[f"role:{item}"].iloc[0] if f"role:{item}" in part else "-" for item in items]
+        ax.set_xticks(range(len(items)), [f"{item}\n({role})" for item, role in zip(items, roles, strict=True)],
+                      rotation=35, ha="right", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels)
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7)
-        ax.set_title(f"{title} — task {task}\nretention per preservation item (after / before)", fontsize=10)
-        fig.colorbar(image, ax=ax, fraction=0.03)
-    return _save(fig, out / "retention_heatmap")
+                ax.text(j, i, (f"{v:+.3f}" if abs(v) >= 5e-4 or v == 0 else f"{v:+.0e}") + ("*" if marks[i, j] else ""),
+                        ha="center", va="center", fontsize=6)
+        ax.set_title(f"{title} — task {task}\npaired change per item (final − base; blue better, red worse; "
+                     f"* interval excludes 0)", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.03, label="change / column's largest")
+    return _save(fig, out / "change_heatmap")
+
+
+def _higher_is_better(part: pd.DataFrame, item: str) -> bool:
+    value = part[f"hib:{item}"].iloc[0] if f"hib:{item}" in part else True
+    return True if pd.isna(value) else bool(value)
+
+
+def _significant(changes: pd.Series, runs: pd.DataFrame, item: str) -> bool:
+    if len(changes) > 1:
+        sem = changes.std(ddof=1) / math.sqrt(len(changes))
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(changes) - 1) * sem
+        return bool(abs(changes.mean()) > half)
+    low, high = runs.get(f"change_low:{item}"), runs.get(f"change_high:{item}")
+    if low is None or high is None or pd.isna(low.iloc[0]):
+        return False
+    return bool(low.iloc[0] > 0 or high.iloc[0] < 0)
+
+
+def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
+    """Learning–forgetting trajectories: for every run, the decrease of the target validation loss (learning, x)
+    against KL to the base and against the bits-per-byte increase on held-out text (forgetting, y), step by step."""
+    done = frame[(frame.status == "completed") & frame.get("trajectory", pd.Series(dtype=object)).notna()]
+    if done.empty:
+        return []
+    tasks = sorted(done.task.unique())
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12.0, 4.6 * len(tasks)), squeeze=False)
+    colours = _colours(done.method)
+    for (ax_kl, ax_bpb), task in zip(axes, tasks, strict=True):
+        seen = set()
+        for _, run in done[done.task == task].iterrows():
+            points = [p for p in run.trajectory if p.get("val_loss") is not None]
+            if len(points) < 2:
+                continue
+            learned = [points[0]["val_loss"] - p["val_loss"] for p in points]
+            label = None if run.method in seen else run.method
+            seen.add(run.method)
+            ax_kl.plot(learned, [p["kl_to_base"] for p in points], "o-", color=colours[run.method], markersize=3,
+                       linewidth=1, alpha=0.8, label=label)
+            if all(p.get("bpb") is not None for p in points):
+                ax_bpb.plot(learned, [p["bpb"] - points[0]["bpb"] for p in points], "o-", color=colours[run.method],
+                            markersize=3, linewidth=1, alpha=0.8, label=label)
+        ax_kl.set(xlabel="target validation loss decrease (nats/token)", ylabel="KL(base ‖ tuned), nats/token",
+                  title=f"{title} — task {task}: KL along training")
+        ax_bpb.set(xlabel="target validation loss decrease (nats/token)", ylabel="bits-per-byte increase, held-out text",
+                   title=f"{title} — task {task}: bits per byte along training")
+        for ax in (ax_kl, ax_bpb):
+            ax.grid(alpha=0.3)
+            ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
+            ax.legend(fontsize=8, loc="best")
+    return _save(fig, out / "trajectories")
+
+
+def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "target_gain", y: str = "forgetting",
+                       resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each method's forgetting against the reference method's at the same target gain (forgetting at equal learning).
+
+    Each method's curve is its cells (knob values) ordered by mean gain, forgetting interpolated linearly in gain.
+    The matched gain is the method's own gain for a one-point curve, else the middle of the gain range both curves
+    cover. The difference `method − reference` (negative: the method forgets less at equal learning) gets a
+    percentile interval from a bootstrap over seeds, resampled within every cell, at the same matched gain."""
+    done = frame[(frame.status == "completed") & frame[x].notna() & frame[y].notna()]
+    rows = []
+    for task in sorted(done.task.unique()):
+        part = done[done.task == task]
+        if reference not in set(part.method):
+            continue
+        ref_cells = _cells(part[part.method == reference], x, y)
+        for method in sorted(set(part.method) - {reference}):
+            cells = _cells(part[part.method == method], x, y)
+            rows.append({"task": task, "method": method, "reference": reference,
+                         **_matched(cells, ref_cells, resamples, np.random.default_rng(seed))})
+    return pd.DataFrame(rows)
+
+
+def _cells(runs: pd.DataFrame, x: str, y: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(g[x].to_numpy(float), g[y].to_numpy(float)) for _, g in runs.groupby(runs.knob_value.map(_knob_label))]
+
+
+def _curve(cells, pick=None) -> tuple[np.ndarray, np.ndarray]:
+    """(gains, forgetting) of a curve's cells, sorted by gain; `pick` resamples each cell's seeds."""
+    means = []
+    for gains, forgetting in cells:
+        index = pick(len(gains)) if pick else slice(None)
+        means.append((gains[index].mean(), forgetting[index].mean()))
+    means.sort()
+    return np.array([m[0] for m in means]), np.array([m[1] for m in means])
+
+
+def _matched(cells, ref_cells, resamples: int, rng) -> dict:
+    gains, forgetting = _curve(cells)
+    ref_gains, ref_forgetting = _curve(ref_cells)
+    low, high = max(gains.min(), ref_gains.min()), min(gains.max(), ref_gains.max())
+    if low > high:
+        return {"matched_gain": math.nan, "note": f"no overlap: gains [{gains.min():.3f}, {gains.max():.3f}] vs "
+                f"reference [{ref_gains.min():.3f}, {ref_gains.max():.3f}]"}
+    at = gains[0] if len(gains) == 1 else (low + high) / 2
+    value = np.interp(at, gains, forgetting) - np.interp(at, ref_gains, ref_forgetting)
+
+    def pick(n):
+        return rng.integers(0, n, size=n)
+
+    seeds = min(len(c[0]) for c in [*cells, *ref_cells])
+    common = {"matched_gain": at, "forgetting": np.interp(at, gains, forgetting),
+              "forgetting_reference": np.interp(at, ref_gains, ref_forgetting), "difference": value,
+              "min_seeds_per_cell": seeds}
+    if seeds < 2:
+        return common | {"low": math.nan, "high": math.nan, "significant": False,
+                         "note": "one seed in a cell: no interval over seeds"}
+    replicates = []
+    for _ in range(resamples):
+        g, f = _curve(cells, pick)
+        rg, rf = _curve(ref_cells, pick)
+        replicates.append(np.interp(at, g, f) - np.interp(at, rg, rf))
+    lo, hi = np.quantile(replicates, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return common | {"low": lo, "high": hi, "significant": bool(lo > 0 or hi < 0), "note": ""}
 
 
 def _row_labels(part: pd.DataFrame) -> list[str]:
@@ -169,17 +346,39 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
     shown = display_table(summary, group_by, metrics)
     written: dict = {"summary": summary, **write_tables(summary, shown, out)}
     if not frame.empty:
-        frame.to_csv(out / "runs.csv", index=False)
+        frame.drop(columns=["trajectory"], errors="ignore").to_csv(out / "runs.csv", index=False)
         written["runs"] = out / "runs.csv"
     title = f"{spec.name} ({spec.grid.model})"
     plots = list(render.get("plots", []))
-    if "tradeoff" in plots and summary.get("target_gain_mean", pd.Series(dtype=float)).notna().any():
+    has = {m: summary.get(f"{m}_mean", pd.Series(dtype=float)).notna().any() for m in ("target_gain", "forgetting")}
+    if "tradeoff" in plots and all(has.values()):
         written["tradeoff"] = tradeoff_plot(summary, title, out)
-    if "retention_heatmap" in plots and not frame.empty:
-        written["retention_heatmap"] = retention_heatmap(frame, title, out)
+    if "change_heatmap" in plots and not frame.empty:
+        written["change_heatmap"] = change_heatmap(frame, title, out)
+    if "trajectories" in plots and not frame.empty and "trajectory" in frame:
+        written["trajectories"] = trajectory_plot(frame, title, out)
+    reference = render.get("reference")
+    if reference and not frame.empty and all(has.values()):
+        matched = matched_comparison(frame, reference=reference)
+        if not matched.empty:
+            matched.to_csv(out / "matched.csv", index=False)
+            written["matched"] = matched
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     (out / "README.md").write_text(_readme(spec, shown, provenance, written))
     return written
+
+
+def _matched_lines(matched: pd.DataFrame) -> list[str]:
+    lines = ["Forgetting at matched target gain, method − reference (negative: forgets less at equal learning; "
+             "95% bootstrap interval over seeds):", ""]
+    for _, r in matched.iterrows():
+        if pd.isna(r.get("difference", math.nan)):
+            lines.append(f"- {r.task} / {r.method} vs {r.reference}: {r.note}")
+            continue
+        bounds = f" [{r.low:+.4f}, {r.high:+.4f}]" + (" *" if r.significant else "") if not pd.isna(r.low) else ""
+        lines.append(f"- {r.task} / {r.method} vs {r.reference} at gain {r.matched_gain:+.3f}: "
+                     f"{r.difference:+.4f}{bounds}" + (f" ({r.note})" if r.note else ""))
+    return lines + [""]
 
 
 def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
@@ -193,9 +392,14 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
         lines += [f"- {c['task']} / {c['method']} {c['knob']}={c['value'] if c['value'] is not None else 'default'} "
                   f"seed {c['seed']}: {c['status']}" for c in provenance["not_completed"]]
         lines.append("")
-    for kind in ("tradeoff", "retention_heatmap"):
+    if "matched" in written:
+        lines += _matched_lines(written["matched"])
+    for kind in ("tradeoff", "trajectories", "change_heatmap"):
         if written.get(kind):
             lines += [f"![{kind}]({written[kind][0].name})", ""]
-    lines += ["Columns: mean ± std over the completed seeds (`runs`); `table.csv` has the unrounded values, "
-              "`runs.csv` every run, `provenance.json` the sweep commands and wall times.", ""]
+    lines += ["Columns: mean [95% interval] over the completed seeds (`runs`): a t interval over seeds; `†`: one seed, "
+              "the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
+              "bits-per-byte increase on held-out text (lower is better), `preservation` the mean normalized change "
+              "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
+              "run, `matched.csv` the matched-gain comparison, `provenance.json` the sweep commands and wall times.", ""]
     return "\n".join(lines)

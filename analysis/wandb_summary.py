@@ -17,10 +17,10 @@ def log_summary(name: str, written: dict, runs: Path, *, project: str, entity: s
                      name=f"{name}-summary", config={"experiment": name}, reinit="finish_previous")
     table = wandb.Table(dataframe=summary.astype({c: "string" for c in summary.columns if summary[c].dtype == object}))
     logged = {"table": table}
-    if {"target_gain_mean", "retention_mean"} <= set(summary.columns):
-        logged["tradeoff"] = wandb.plot.scatter(table, "target_gain_mean", "retention_mean",
-                                                title=f"{name}: target gain vs mean retention")
-    for kind in ("tradeoff", "retention_heatmap"):
+    if {"target_gain_mean", "forgetting_mean"} <= set(summary.columns):
+        logged["tradeoff"] = wandb.plot.scatter(table, "target_gain_mean", "forgetting_mean",
+                                                title=f"{name}: target gain vs forgetting")
+    for kind in ("tradeoff", "trajectories", "change_heatmap"):
         if written.get(kind):
             logged[f"{kind}_image"] = wandb.Image(str(written[kind][0]))
     run.log(logged)

@@ -255,13 +255,13 @@ def _preservation(head: dict) -> dict:
 
 
 def summary_metrics(data: dict) -> dict:
-    """The headline numbers with their interval bounds, flat, for a logger's run summary."""
+    """The headline numbers with their interval bounds (`<name>_low`, `<name>_high`), flat, for a logger's summary."""
+    entries = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
+               "kl_to_base": data.get("kl_to_base"), "preservation_mean_change": data["preservation"]["mean_change"]}
     out = {}
-    for name in ("target_gain", "forgetting", "kl_to_base"):
-        entry = data.get(name) or {}
-        out[name] = entry.get("value")
-        if entry.get("ci"):
+    for name, entry in entries.items():
+        out[name] = (entry or {}).get("value")
+        if (entry or {}).get("ci"):
             out[f"{name}_low"], out[f"{name}_high"] = entry["ci"]
-    mean_change = data["preservation"]["mean_change"]
-    out |= {"preservation_mean_change": mean_change["value"], "preservation_dropped": len(data["preservation"]["dropped"])}
+    out["preservation_dropped"] = len(data["preservation"]["dropped"])
     return out

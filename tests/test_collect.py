@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from analysis.collect import collect
 
 
@@ -13,10 +15,26 @@ def test_collect_reads_every_run_and_keeps_the_numbers(tmp_path):
                                                "method": {"name": "lora"}, "seed": i},
                   "method": {"knob": "train.lr", "knob_value": 0.1 * (i + 1)}}
         if status == "completed":
-            record |= {"target_gain": 0.25, "retention": {"mean": 0.9}, "kl_to_base": {"value": 0.01},
-                       "metrics": {"capitals": {"base": {"value": 0.8}, "final": {"value": 0.7}}}}
+            record |= {"target_gain": {"value": 0.25, "ci": [0.1, 0.4]}, "forgetting": {"value": 0.02, "ci": [0.01, 0.03]},
+                       "kl_to_base": {"value": 0.01, "ci": [0.0, 0.02]},
+                       "preservation": {"mean_change": {"value": -0.05, "ci": [-0.1, 0.0]}, "dropped": ["capitals"]},
+                       "metrics": {"capitals": {"base": {"value": 0.8}, "final": {"value": 0.7},
+                                                "change": {"value": -0.1, "ci": [-0.2, -0.01]}}}}
         (run / "results.json").write_text(json.dumps(record))
     frame = collect([tmp_path]).set_index("seed")
     assert list(frame["status"]) == ["completed", "failed"]
     assert frame.loc[0, "target_gain"] == 0.25 and frame.loc[0, "final:capitals"] == 0.7
+    assert (frame.loc[0, "forgetting_low"], frame.loc[0, "forgetting_high"]) == (0.01, 0.03)
+    assert frame.loc[0, "preservation"] == -0.05 and frame.loc[0, "preservation_dropped"] == 1
+    assert frame.loc[0, "change_high:capitals"] == -0.01
     assert frame.loc[1, "knob_value"] == 0.2
+
+
+def test_schema_1_records_give_values_without_intervals(tmp_path):
+    record = {"status": "completed", "config": {"task": {"name": "math"}, "method": {"name": "lora"}, "seed": 0},
+              "target_gain": 0.02, "retention": {"mean": 1.07}, "kl_to_base": {"value": 0.1, "stderr": 0.02},
+              "metrics": {"capitals": {"base": {"value": 0.8}, "final": {"value": 0.9}}}}
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    row = collect([tmp_path]).iloc[0]
+    assert row.target_gain == 0.02 and row.target_gain_low is None and row.kl_to_base == 0.1
+    assert row["change:capitals"] == pytest.approx(0.1)

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from scipy import stats
 
-from analysis.render import pareto_front, summarize
+from analysis.render import matched_comparison, pareto_front, summarize
 from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, sweep_commands
 from tests.conftest import REPO
 
@@ -69,8 +70,10 @@ def test_every_number_in_the_table_is_the_number_in_results_json(smoke):
                                                 else table.method == method) & (table.runs == 1)]
         assert len(row) == 1, (method, knob)
         row = row.iloc[0]
-        assert row.target_gain_mean == record["target_gain"]
-        assert row.retention_mean == record["retention"]["mean"]
+        assert row.target_gain_mean == record["target_gain"]["value"]
+        assert [row.target_gain_low, row.target_gain_high] == record["target_gain"]["ci"]   # one seed: the paired interval
+        assert row.forgetting_mean == record["forgetting"]["value"]
+        assert row.preservation_mean == record["preservation"]["mean_change"]["value"]
         assert row.kl_to_base_mean == record["kl_to_base"]["value"]
         checked += 1
     assert checked == 6
@@ -80,8 +83,8 @@ def test_every_number_in_the_table_is_the_number_in_results_json(smoke):
 
 def test_tables_and_plots_are_written(smoke):
     out = smoke[0] / "out"
-    for name in ("table.md", "table.csv", "table.tex", "runs.csv", "tradeoff.png", "tradeoff.pdf",
-                 "retention_heatmap.png", "retention_heatmap.pdf", "README.md"):
+    for name in ("table.md", "table.csv", "table.tex", "runs.csv", "tradeoff.png", "tradeoff.pdf", "trajectories.png",
+                 "change_heatmap.png", "change_heatmap.pdf", "matched.csv", "README.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r"\begin{tabular}" in (out / "table.tex").read_text()
@@ -135,16 +138,35 @@ def test_launcher_configs_compose(launcher):
         assert cfg.hydra.launcher.gpus_per_node == 1
 
 
-def test_summary_is_mean_and_sample_std_over_seeds_and_keeps_failed_groups():
-    frame = pd.DataFrame({"task": ["math"] * 4, "method": ["a", "a", "a", "b"], "knob": ["k"] * 4,
-                          "knob_value": [1.0, 1.0, 1.0, 2.0], "seed": [0, 1, 2, 0],
-                          "status": ["completed", "completed", "failed", "failed"],
-                          "target_gain": [0.1, 0.3, None, None], "retention": [0.9, 1.0, None, None]})
-    summary = summarize(frame, ["task", "method", "knob_value"], ["target_gain", "retention"]).set_index("method")
-    assert summary.loc["a", "runs"] == 2 and summary.loc["a", "failed"] == 1
+def test_summary_is_mean_with_a_t_interval_over_seeds_and_keeps_failed_groups():
+    frame = pd.DataFrame({"task": ["math"] * 5, "method": ["a", "a", "a", "a", "b"], "knob": ["k"] * 5,
+                          "knob_value": [1.0, 1.0, 1.0, 1.0, 2.0], "seed": [0, 1, 2, 3, 0],
+                          "status": ["completed", "completed", "completed", "failed", "failed"],
+                          "target_gain": [0.1, 0.3, 0.2, None, None], "forgetting": [0.01, 0.03, 0.02, None, None]})
+    summary = summarize(frame, ["task", "method", "knob_value"], ["target_gain", "forgetting"]).set_index("method")
+    assert summary.loc["a", "runs"] == 3 and summary.loc["a", "failed"] == 1 and summary.loc["a", "interval"] == "seeds"
     assert summary.loc["a", "target_gain_mean"] == pytest.approx(0.2)
-    assert summary.loc["a", "target_gain_std"] == pytest.approx(pd.Series([0.1, 0.3]).std(ddof=1))
+    reference = stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem([0.1, 0.3, 0.2]))
+    assert (summary.loc["a", "target_gain_low"], summary.loc["a", "target_gain_high"]) == pytest.approx(reference)
     assert summary.loc["b", "runs"] == 0 and pd.isna(summary.loc["b", "target_gain_mean"])
+
+
+def test_forgetting_at_matched_gain_interpolates_along_both_curves():
+    """LoRA's curve: gain 0.1 -> forgetting 0.02, gain 0.3 -> 0.06 (3 seeds each); the method at gain 0.2 forgets
+    0.01: at matched gain LoRA forgets 0.04, the difference is -0.03."""
+    rows = []
+    for seed, noise in enumerate([-0.001, 0.0, 0.001]):
+        rows += [{"task": "math", "method": "lora", "knob_value": 1e-4, "seed": seed, "status": "completed",
+                  "target_gain": 0.1 + noise, "forgetting": 0.02 + noise},
+                 {"task": "math", "method": "lora", "knob_value": 1e-3, "seed": seed, "status": "completed",
+                  "target_gain": 0.3 + noise, "forgetting": 0.06 + noise},
+                 {"task": "math", "method": "other", "knob_value": 1.0, "seed": seed, "status": "completed",
+                  "target_gain": 0.2 + noise, "forgetting": 0.01 + noise}]
+    matched = matched_comparison(pd.DataFrame(rows)).iloc[0]
+    assert matched.method == "other" and matched.matched_gain == pytest.approx(0.2)
+    assert matched.difference == pytest.approx(-0.03) and matched.high < 0 and matched.significant
+    apart = pd.DataFrame(rows).assign(target_gain=lambda f: f.target_gain.where(f.method == "lora", 0.9))
+    assert "no overlap" in matched_comparison(apart).iloc[0].note
 
 
 def test_pareto_front_matches_brute_force():
@@ -164,8 +186,8 @@ def test_wandb_summary_run_logs_the_table_offline(tmp_path):
     from analysis.wandb_summary import log_summary
 
     frame = pd.DataFrame({"task": ["math"], "method": ["lora"], "knob": ["train.lr"], "knob_value": [5e-4], "seed": [0],
-                          "status": ["completed"], "target_gain": [0.1], "retention": [0.95], "kl_to_base": [0.2]})
-    summary = _summarize(frame, ["task", "method", "knob_value"], ["target_gain", "retention", "kl_to_base"])
+                          "status": ["completed"], "target_gain": [0.1], "forgetting": [0.02], "kl_to_base": [0.2]})
+    summary = _summarize(frame, ["task", "method", "knob_value"], ["target_gain", "forgetting", "kl_to_base"])
     folder = log_summary("unit", {"summary": summary}, tmp_path, project="folora", entity=None, mode="offline")
     assert list((tmp_path / "wandb").glob("offline-run-*/*.wandb")), folder
 
@@ -177,7 +199,9 @@ def test_wandb_rows_read_config_and_summary():
         id = "abc"
         config = {"model": {"name": "m"}, "task": {"name": "math"}, "method": {"name": "lora", "knob": "train.lr"},
                   "train": {"lr": 5e-4}, "seed": 1}
-        summary = {"status": "completed", "target_gain": 0.1, "retention": 0.9, "kl_to_base": 0.3, "eval/capitals": 0.8}
+        summary = {"status": "completed", "target_gain": 0.1, "target_gain_low": 0.02, "target_gain_high": 0.2,
+                   "forgetting": 0.03, "kl_to_base": 0.3, "preservation_mean_change": -0.01, "eval/capitals": 0.8}
 
     row = wandb_rows([Run()]).iloc[0]
-    assert row.knob_value == 5e-4 and row["final:capitals"] == 0.8 and row.retention == 0.9
+    assert row.knob_value == 5e-4 and row["final:capitals"] == 0.8 and row.forgetting == 0.03
+    assert (row.target_gain_low, row.target_gain_high) == (0.02, 0.2) and row.preservation == -0.01

@@ -64,7 +64,8 @@ def _min_limit(item_limit, global_limit):
 
 def suite_fingerprint(cfg: DictConfig) -> str:
     """Names what the base-model scores depend on: items, task files, shipped data, lm-eval version."""
-    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "precision"}   # keyed apart
+    # precision is keyed apart; the trajectory interval changes no base score
+    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("precision", "every")}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update(version("lm_eval").encode())
     for path in sorted(LOCAL_TASKS.rglob("*")):
