@@ -7,7 +7,7 @@ ARGS   ?=
 TABLE  ?= smoke
 LAUNCHER ?= basic
 
-.PHONY: run test lint install clean-cache bench reproduce-table
+.PHONY: run test lint install clean-cache bench reproduce-table dashboard
 
 install: $(STAMP)
 
@@ -46,3 +46,10 @@ bench: $(STAMP)
 # tables and plots under results/$(TABLE)/. LAUNCHER: basic | joblib (parallel CPU jobs) | slurm (submitit).
 reproduce-table: $(STAMP)
 	$(PY) -m experiments.reproduce $(TABLE) --launcher $(LAUNCHER) $(ARGS)
+
+# The experiment's W&B workspace (analysis/dashboard.py): sync its offline runs, save the workspace, print its URL.
+# Without network or credentials it writes the definition to results/$(TABLE)/dashboard.json and says how to save it.
+ENTITY  ?=
+PROJECT ?=
+dashboard: $(STAMP)
+	$(PY) -m analysis.dashboard $(TABLE) $(if $(ENTITY),--entity $(ENTITY)) $(if $(PROJECT),--project $(PROJECT)) $(ARGS)

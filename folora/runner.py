@@ -90,8 +90,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         validate_config(cfg)
         seed_everything(int(cfg.seed))
-        logger.start(run_dir, resolved, name=run_dir.name, group=cfg.experiment, job_type=cfg.method.name,
-                     tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"eval:{cfg.eval.name}"])
+        logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
+                     job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+                                                     f"eval:{cfg.eval.name}"])
         outcome = _run(cfg, run_dir, record, logger)
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()
@@ -105,6 +106,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         record.fail(error)
         logger.finish("failed")
         raise
+
+
+def grouping_keys(cfg: DictConfig) -> dict:
+    """Flat keys a dashboard groups and filters runs by (the resolved config nests them under method/task/model)."""
+    knob = str(cfg.method.get("knob", ""))
+    return {"method_name": cfg.method.name, "knob": knob, "knob_value": OmegaConf.select(cfg, knob) if knob else None,
+            "task_name": cfg.task.name, "model_name": cfg.model.name, "eval_suite": cfg.eval.name,
+            "seed": int(cfg.seed), "experiment": cfg.experiment}
 
 
 def build_method(cfg: DictConfig) -> Method:
@@ -255,13 +264,18 @@ def _preservation(head: dict) -> dict:
 
 
 def summary_metrics(data: dict) -> dict:
-    """The headline numbers with their interval bounds (`<name>_low`, `<name>_high`), flat, for a logger's summary."""
+    """For a logger's run summary, flat: the headline numbers with their interval bounds (`<name>_low`,
+    `<name>_high`), the count of preservation items that dropped, and every item's paired change
+    (`change/<item>`, with `change_low/<item>` and `change_high/<item>`)."""
     entries = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
                "kl_to_base": data.get("kl_to_base"), "preservation_mean_change": data["preservation"]["mean_change"]}
+    entries |= {f"change/{item}": record.get("change") for item, record in data["metrics"].items()}
     out = {}
     for name, entry in entries.items():
         out[name] = (entry or {}).get("value")
         if (entry or {}).get("ci"):
-            out[f"{name}_low"], out[f"{name}_high"] = entry["ci"]
+            low, high = (f"{name}_low", f"{name}_high") if "/" not in name else (name.replace("change/", "change_low/"),
+                                                                                 name.replace("change/", "change_high/"))
+            out[low], out[high] = entry["ci"]
     out["preservation_dropped"] = len(data["preservation"]["dropped"])
     return out
