@@ -39,6 +39,29 @@ def gate(lam: torch.Tensor, kind: str, kappa: float, tau: float = 1.0) -> torch.
     raise ValueError(f"gate {kind!r} is not one of {GATES}")
 
 
+def _sharing_a_basis(groups: list[dict]) -> list[list[dict]]:
+    """The groups partitioned by the basis they use (layers that share an input share one), in first-seen order."""
+    shared: dict[int, list[dict]] = {}
+    for group in groups:
+        shared.setdefault(id(group["V"]), []).append(group)
+    return list(shared.values())
+
+
+def _row_slices(params: list[torch.Tensor]) -> list[slice]:
+    """Where each parameter's rows lie when the parameters are stacked by rows."""
+    out, start = [], 0
+    for p in params:
+        out.append(slice(start, start + p.shape[0]))
+        start += p.shape[0]
+    return out
+
+
+def _rest_gate(group: dict) -> float:
+    """The gate of the directions left out in top-k mode: g at their mean eigenvalue."""
+    lam = torch.tensor([group["lam_rest"]], dtype=group["V"].dtype)
+    return float(gate(lam, group["gate_kind"], group["kappa"], group["tau"]))
+
+
 class GatedSpectralAdam(torch.optim.Optimizer):
     """Adam for LoRA pairs with gated steps in the spectral basis; other parameters get plain AdamW.
 
@@ -61,23 +84,29 @@ class GatedSpectralAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step for every pair. Pairs that share an input group's basis (q/k/v, gate/up) are updated with one
+        matrix product per basis, and every pair's r × r problem for B is solved in one batched call: on a small
+        model the step is dominated by per-operation overhead, not arithmetic."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        spectral = [g for g in self.param_groups if g["V"] is not None]
+        # B's gate needs A before this step's change: both sides see the same point.
+        transforms = self._b_transforms([g for g in spectral if g["gate_b"] and g["params"][1].grad is not None])
+        for shared in _sharing_a_basis([g for g in spectral if g["gate_a"] and g["params"][0].grad is not None]):
+            self._a_side(shared)
+        for group in spectral:
+            a, b = group["params"]
+            if a.grad is not None and not group["gate_a"]:
+                self._plain(a, a.grad, group)
+            if b.grad is not None:
+                self._b_side(b, transforms.get(id(group)), group)
         for group in self.param_groups:
             if group["V"] is None:
                 for p in group["params"]:
                     if p.grad is not None:
                         self._plain(p, p.grad, group)
-                continue
-            a, b = group["params"]
-            # B's gate needs A before this step's change: both sides see the same point.
-            b_transform = self._b_transform(a, group) if group["gate_b"] else None
-            if a.grad is not None:
-                self._a_side(a, group) if group["gate_a"] else self._plain(a, a.grad, group)
-            if b.grad is not None:
-                self._b_side(b, b_transform, group)
         return loss
 
     # --- the pieces -------------------------------------------------------------------------------------------
@@ -86,8 +115,8 @@ class GatedSpectralAdam(torch.optim.Optimizer):
         """Update the moments named `prefix`exp_avg(_sq) with `grad`; return m̂ / (√v̂ + eps)."""
         beta1, beta2 = group["betas"]
         if prefix + "exp_avg" not in state:
-            state[prefix + "exp_avg"] = torch.zeros_like(grad)
-            state[prefix + "exp_avg_sq"] = torch.zeros_like(grad)
+            state[prefix + "exp_avg"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
+            state[prefix + "exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
         m, v = state[prefix + "exp_avg"], state[prefix + "exp_avg_sq"]
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -107,38 +136,61 @@ class GatedSpectralAdam(torch.optim.Optimizer):
         state = self._begin(p, group)
         p.add_(self._adam_direction(state, grad, group), alpha=-group["lr"])
 
-    def _a_side(self, a: torch.nn.Parameter, group: dict) -> None:
-        state = self._begin(a, group)
-        V, PV, lam = group["V"], group["PV"], group["lam"]
-        grad = a.grad.to(V.dtype)
+    def _a_side(self, groups: list[dict]) -> None:
+        """A's gated step for the pairs of `groups`, which share one basis: their gradients are stacked by rows so
+        that each product with V (or PV) is one matrix product."""
+        V, PV, lam, lam_rest = groups[0]["V"], groups[0]["PV"], groups[0]["lam"], groups[0]["lam_rest"]
+        states = [self._begin(g["params"][0], g) for g in groups]
+        rows = _row_slices([g["params"][0] for g in groups])
+        grad = torch.cat([g["params"][0].grad.to(V.dtype) for g in groups])
         grad_z = grad @ V
-        step_z = self._adam_direction(state, grad_z, group, "z_") * gate(lam, group["gate_kind"], group["kappa"],
-                                                                          group["tau"])
+        step_z = torch.cat([self._adam_direction(state, grad_z[rows[i]], g, "z_") * gate(lam, g["gate_kind"], g["kappa"],
+                                                                                         g["tau"])
+                            for i, (g, state) in enumerate(zip(groups, states, strict=True))])
         update = step_z @ V.T
-        if group["lam_rest"] is not None:  # top-k mode: the left-out directions as one group
+        if lam_rest is not None:  # top-k mode: the left-out directions as one group
             grad_rest = grad - grad_z @ PV.T
-            step_rest = self._adam_direction(state, grad_rest, group, "rest_")
-            step_rest = step_rest - (step_rest @ PV) @ V.T
-            g_rest = gate(torch.tensor([group["lam_rest"]], dtype=V.dtype), group["gate_kind"], group["kappa"], group["tau"])
-            update = update + g_rest.item() * step_rest
-        a.add_(update.to(a.dtype), alpha=-group["lr"])
+            step_rest = torch.cat([self._adam_direction(state, grad_rest[rows[i]], g, "rest_") * _rest_gate(g)
+                                   for i, (g, state) in enumerate(zip(groups, states, strict=True))])
+            update = update + (step_rest - (step_rest @ PV) @ V.T)
+        for i, g in enumerate(groups):
+            a = g["params"][0]
+            a.add_(update[rows[i]].to(a.dtype), alpha=-g["lr"])
 
-    def _b_transform(self, a: torch.Tensor, group: dict) -> torch.Tensor:
-        """(A C_p Aᵀ) W diag(g(μ)) Wᵀ for the restricted r × r problem, in float64."""
-        z = (a.detach().to(group["PV"].dtype) @ group["PV"]).double()
-        lam = group["lam"].double()
-        m_p = z @ z.T
-        m_t = (z * lam) @ z.T
-        r = m_p.shape[0]
-        m_p = m_p + group["b_damping"] * (torch.trace(m_p) / r + 1e-30) * torch.eye(r, dtype=torch.float64, device=z.device)
-        chol = torch.linalg.cholesky(m_p)
-        left = torch.linalg.solve_triangular(chol, m_t, upper=False)
-        whitened = torch.linalg.solve_triangular(chol, left.T, upper=False)
-        mu, u = torch.linalg.eigh((whitened + whitened.T) / 2)
-        w = torch.linalg.solve_triangular(chol.T, u, upper=True)
-        g = gate(mu.clamp_min(0), group["gate_kind"], group["kappa"], group["tau"])
-        self.state[a]["b_gate_mean"] = float(g.mean())
-        return m_p @ (w * g) @ w.T
+    def _b_transforms(self, groups: list[dict]) -> dict[int, torch.Tensor]:
+        """Per group: (A C_p Aᵀ) W diag(g(μ)) Wᵀ of the restricted r × r problem, in float64, the pairs of one shape
+        (rank × basis size) solved in one batched Cholesky / eigh."""
+        if not groups:
+            return {}
+        z = []
+        for shared in _sharing_a_basis(groups):   # Z = A · PV, one product per basis
+            stacked = torch.cat([g["params"][0].detach().to(shared[0]["PV"].dtype) for g in shared]) @ shared[0]["PV"]
+            z += list(stacked.double().split([g["params"][0].shape[0] for g in shared]))
+        ordered = [g for shared in _sharing_a_basis(groups) for g in shared]
+        out = {}
+        by_shape: dict[tuple, list[int]] = {}
+        for i, zi in enumerate(z):
+            by_shape.setdefault(tuple(zi.shape), []).append(i)
+        for (r, _), members in by_shape.items():
+            zs = torch.stack([z[i] for i in members])                                    # n × r × k
+            lams = torch.stack([ordered[i]["lam"].double() for i in members])[:, None]  # n × 1 × k
+            m_p = zs @ zs.transpose(1, 2)
+            m_t = (zs * lams) @ zs.transpose(1, 2)
+            damping = torch.tensor([ordered[i]["b_damping"] for i in members], dtype=torch.float64, device=zs.device)
+            ridge = damping * (torch.diagonal(m_p, dim1=1, dim2=2).sum(-1) / r + 1e-30)
+            m_p = m_p + ridge[:, None, None] * torch.eye(r, dtype=torch.float64, device=zs.device)
+            chol = torch.linalg.cholesky(m_p)
+            left = torch.linalg.solve_triangular(chol, m_t, upper=False)
+            whitened = torch.linalg.solve_triangular(chol, left.transpose(1, 2), upper=False)
+            mu, u = torch.linalg.eigh((whitened + whitened.transpose(1, 2)) / 2)
+            w = torch.linalg.solve_triangular(chol.transpose(1, 2), u, upper=True)
+            g = torch.stack([gate(mu[j].clamp_min(0), ordered[i]["gate_kind"], ordered[i]["kappa"], ordered[i]["tau"])
+                             for j, i in enumerate(members)])
+            transform = m_p @ (w * g[:, None, :]) @ w.transpose(1, 2)
+            for j, (i, mean) in enumerate(zip(members, g.mean(-1).tolist(), strict=True)):
+                self.state[ordered[i]["params"][0]]["b_gate_mean"] = mean
+                out[id(ordered[i])] = transform[j]
+        return out
 
     def _b_side(self, b: torch.nn.Parameter, transform: torch.Tensor | None, group: dict) -> None:
         state = self._begin(b, group)
