@@ -95,14 +95,21 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch_with_less_pad
 
 def test_the_base_eval_cache_is_keyed_by_precision(tmp_path, monkeypatch):
     from folora import runner
+    from folora.evals.suite import SuiteResult
 
     calls = []
+
+    def evaluate(model, tokenizer, suite, precision_used):
+        calls.append(precision_used)
+        return SuiteResult({"x": {"value": precision_used}}, {"x": {"doc_id": [0], "num": [1.0], "den": [1.0], "scale": 1.0}})
+
     monkeypatch.setattr(runner, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(runner, "evaluate_suite", lambda m, t, c, p: calls.append(p) or {"x": {"value": p}})
+    monkeypatch.setattr(runner, "evaluate_suite", evaluate)
     suite = tiny_config().eval
-    assert runner.cached_base_eval(None, None, suite, "fp", "bf16") == ({"x": {"value": "bf16"}}, False)
-    assert runner.cached_base_eval(None, None, suite, "fp", "fp32") == ({"x": {"value": "fp32"}}, False)
-    assert runner.cached_base_eval(None, None, suite, "fp", "bf16") == ({"x": {"value": "bf16"}}, True)
+    for precision_used, cached in (("bf16", False), ("fp32", False), ("bf16", True)):
+        result, was_cached = runner.cached_base_eval(None, None, suite, "fp", precision_used)
+        assert (result.scores, was_cached) == ({"x": {"value": precision_used}}, cached)
+        assert result.outcomes["x"]["num"] == [1.0]     # the per-document outcomes are cached with the scores
     assert calls == ["bf16", "fp32"]
 
 
