@@ -213,7 +213,8 @@ def _significant(changes: pd.Series, runs: pd.DataFrame, item: str) -> bool:
 
 def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
     """Learning–forgetting trajectories: for every run, the decrease of the target validation loss (learning, x)
-    against KL to the base and against the bits-per-byte increase on held-out text (forgetting, y), step by step."""
+    against KL to the base and against the bits-per-byte increase on held-out text (forgetting, y), step by step;
+    each curve's end is labelled with the run's knob value."""
     done = frame[(frame.status == "completed") & frame.get("trajectory", pd.Series(dtype=object)).notna()]
     if done.empty:
         return []
@@ -234,10 +235,14 @@ def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
             if all(p.get("bpb") is not None for p in points):
                 ax_bpb.plot(learned, [p["bpb"] - points[0]["bpb"] for p in points], "o-", color=colours[run.method],
                             markersize=3, linewidth=1, alpha=0.8, label=label)
+                ax_bpb.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["bpb"] - points[0]["bpb"]),
+                                textcoords="offset points", xytext=(4, 0), fontsize=7, color=colours[run.method])
+            ax_kl.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["kl_to_base"]), textcoords="offset points",
+                           xytext=(4, 0), fontsize=7, color=colours[run.method])
         ax_kl.set(xlabel="target validation loss decrease (nats/token)", ylabel="KL(base ‖ tuned), nats/token",
-                  title=f"{title} — task {task}: KL along training")
+                  title=f"{title}\ntask {task}: KL along training")
         ax_bpb.set(xlabel="target validation loss decrease (nats/token)", ylabel="bits-per-byte increase, held-out text",
-                   title=f"{title} — task {task}: bits per byte along training")
+                   title=f"{title}\ntask {task}: bits per byte along training")
         for ax in (ax_kl, ax_bpb):
             ax.grid(alpha=0.3)
             ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
