@@ -56,14 +56,19 @@ def _cell(metric: str, values: pd.Series, done: pd.DataFrame) -> dict:
     mean = values.mean() if n else math.nan
     std = values.std(ddof=1) if n > 1 else math.nan
     if n > 1:
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * std / math.sqrt(n)
-        low, high = mean - half, mean + half
+        low, high = t_interval(values)
     elif n == 1 and f"{metric}_low" in done:
         low, high = (pd.to_numeric(done[f"{metric}_low"], errors="coerce").iloc[0],
                      pd.to_numeric(done[f"{metric}_high"], errors="coerce").iloc[0])
     else:
         low = high = math.nan
     return {f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_low": low, f"{metric}_high": high}
+
+
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """The 95% t interval of the mean of two or more values (seeds)."""
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
 
 
 def _knob_label(value) -> str:
@@ -202,9 +207,8 @@ def _higher_is_better(part: pd.DataFrame, item: str) -> bool:
 
 def _significant(changes: pd.Series, runs: pd.DataFrame, item: str) -> bool:
     if len(changes) > 1:
-        sem = changes.std(ddof=1) / math.sqrt(len(changes))
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(changes) - 1) * sem
-        return bool(abs(changes.mean()) > half)
+        low, high = t_interval(changes)
+        return bool(low > 0 or high < 0)
     low, high = runs.get(f"change_low:{item}"), runs.get(f"change_high:{item}")
     if low is None or high is None or pd.isna(low.iloc[0]):
         return False

@@ -72,9 +72,8 @@ def headline(scores: dict[str, dict], changes: dict[str, dict], item_roles: dict
     by_role = {role: [i for i, r in item_roles.items() if r == role and i in changes] for role in ROLES}
     target = paired.mean_of([signed(i) for i in by_role["target"]], confidence=confidence) if by_role["target"] else None
     forgetting = None
-    if by_role["forgetting"]:
-        forgetting = paired.mean_of([changes[i]["change"] if not scores[i]["higher_is_better"] else
-                                     _negate(changes[i]["change"]) for i in by_role["forgetting"]], confidence=confidence)
+    if by_role["forgetting"]:   # an increase (of bits per byte) is forgetting: the opposite of the better direction
+        forgetting = paired.mean_of([_negate(signed(i)) for i in by_role["forgetting"]], confidence=confidence)
     return {"target_gain": target, "forgetting": forgetting,
             "preservation": preservation(scores, changes, by_role["preservation"], confidence)}
 

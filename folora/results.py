@@ -18,15 +18,18 @@ PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf
 SCHEMA_VERSION = 2   # 2: paired changes with intervals, forgetting, preservation; per-document outcomes
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over the target: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False, default=_jsonable)
-        handle.write("\n")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     os.chmod(tmp, 0o644)   # mkstemp creates the file private; results are for every reader
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n").encode("utf-8"))
 
 
 def _jsonable(value):

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from folora import metrics, precision, report
 from folora.errors import FoloraError, require
 from folora.evals import kl, outcomes
-from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint
+from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint, suite_items
 from folora.evals.trajectory import Trajectory
 from folora.methods import Method, MethodContext
 from folora.models import cache_dir, load_model
@@ -207,7 +207,7 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
     item_roles = metrics.roles(list(final), list(cfg.task.eval.target), list(cfg.task.eval.related),
                                aggregates=[item for item, score in final.items() if "aggregate_of" in score],
                                forgetting=list(cfg.eval.get("forgetting") or []),
-                               diagnostic=[item for item, score in final.items() if _is_diagnostic(cfg.eval, item)])
+                               diagnostic=[item.name for item in suite_items(cfg.eval) if item.diagnostic])
     changes = metrics.item_changes(outcome.base.outcomes, outcome.final.outcomes)
     head = metrics.headline(base, changes, item_roles)
     method = outcome.method
@@ -231,11 +231,6 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
         "adapter": str(outcome.adapter),
         "outcomes": "outcomes.json.gz",
     }
-
-
-def _is_diagnostic(suite: DictConfig, item: str) -> bool:
-    spec = suite["items"].get(item)
-    return bool(spec is not None and spec.get("diagnostic", False))
 
 
 def item_record(base: dict, final: dict, change: dict | None, preservation: dict, item: str) -> dict:
@@ -267,15 +262,19 @@ def summary_metrics(data: dict) -> dict:
     """For a logger's run summary, flat: the headline numbers with their interval bounds (`<name>_low`,
     `<name>_high`), the count of preservation items that dropped, and every item's paired change
     (`change/<item>`, with `change_low/<item>` and `change_high/<item>`)."""
-    entries = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
-               "kl_to_base": data.get("kl_to_base"), "preservation_mean_change": data["preservation"]["mean_change"]}
-    entries |= {f"change/{item}": record.get("change") for item, record in data["metrics"].items()}
+    headlines = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
+                 "kl_to_base": data.get("kl_to_base"), "preservation_mean_change": data["preservation"]["mean_change"]}
     out = {}
-    for name, entry in entries.items():
-        out[name] = (entry or {}).get("value")
-        if (entry or {}).get("ci"):
-            low, high = (f"{name}_low", f"{name}_high") if "/" not in name else (name.replace("change/", "change_low/"),
-                                                                                 name.replace("change/", "change_high/"))
-            out[low], out[high] = entry["ci"]
+    for name, entry in headlines.items():
+        out |= _flat(entry, name, f"{name}_low", f"{name}_high")
+    for item, record in data["metrics"].items():
+        out |= _flat(record.get("change"), f"change/{item}", f"change_low/{item}", f"change_high/{item}")
     out["preservation_dropped"] = len(data["preservation"]["dropped"])
+    return out
+
+
+def _flat(entry: dict | None, value_key: str, low_key: str, high_key: str) -> dict:
+    out = {value_key: (entry or {}).get("value")}
+    if (entry or {}).get("ci"):
+        out[low_key], out[high_key] = entry["ci"]
     return out

@@ -49,13 +49,15 @@ def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], dev
     return out
 
 
+def kl_per_prompt(reference: list[torch.Tensor], current: list[torch.Tensor]) -> list[float]:
+    """Per prompt: the mean over positions of KL(reference || current) of the next-token distribution."""
+    return [float((ref.exp() * (ref - cur)).sum(-1).mean()) for ref, cur in zip(reference, current, strict=True)]
+
+
 def kl_to_reference(reference: list[torch.Tensor], current: list[torch.Tensor]) -> dict:
     """Mean per-token KL(reference || current) per prompt, then its mean over prompts with a standard error and a
     95% percentile-bootstrap interval over prompts; the per-prompt values are kept (`per_prompt`)."""
-    per_prompt = []
-    for ref, cur in zip(reference, current, strict=True):
-        kl = (ref.exp() * (ref - cur)).sum(-1)
-        per_prompt.append(float(kl.mean()))
+    per_prompt = kl_per_prompt(reference, current)
     n = len(per_prompt)
     mean = sum(per_prompt) / n
     stderr = math.sqrt(sum((x - mean) ** 2 for x in per_prompt) / (n - 1) / n) if n > 1 else None

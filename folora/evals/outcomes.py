@@ -20,9 +20,9 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from folora.results import write_bytes_atomic
 
 SCHEMA_VERSION = 1
 
@@ -89,12 +89,8 @@ def margins(outcome: dict) -> list[float] | None:
 
 def save(path: Path, outcomes: dict) -> None:
     """Write `{"schema_version", **outcomes}` as gzip-compressed JSON, atomically (rename over the target)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
-        handle.write(json.dumps({"schema_version": SCHEMA_VERSION, **outcomes}, separators=(",", ":")).encode())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    data = json.dumps({"schema_version": SCHEMA_VERSION, **outcomes}, separators=(",", ":")).encode()
+    write_bytes_atomic(path, gzip.compress(data, mtime=0))
 
 
 def load(path: Path) -> dict:

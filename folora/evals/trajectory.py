@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from folora import precision
+from folora.evals import kl
 from folora.training import validation_loss
 
 
@@ -41,16 +41,14 @@ class Trajectory:
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
         was_training = model.training
         model.eval()
-        kl, nll, nbytes = [], 0.0, 0
-        with precision.autocast(self.precision, self.device), precision.fp32_logits(model):
-            for ids, ref, scored in zip(self.prompts, self.reference, self.plain_text, strict=True):
-                logits = model(input_ids=ids[None].to(self.device)).logits[0].float()
-                logprobs = torch.log_softmax(logits, dim=-1).cpu()
-                kl.append(float((ref.exp() * (ref - logprobs)).sum(-1).mean()))
-                if scored and len(ids) > 1:
-                    nll -= float(logprobs[:-1].gather(1, ids[1:, None]).sum())
-                    nbytes += len(self.tokenizer.decode(ids[1:]).encode("utf-8"))
-        point = {"step": step, "kl_to_base": sum(kl) / len(kl),
+        logprobs = kl.next_token_logprobs(model, self.prompts, self.device, self.precision)
+        per_prompt = kl.kl_per_prompt(self.reference, logprobs)
+        nll, nbytes = 0.0, 0
+        for ids, current, scored in zip(self.prompts, logprobs, self.plain_text, strict=True):
+            if scored and len(ids) > 1:
+                nll -= float(current[:-1].gather(1, ids[1:, None]).sum())
+                nbytes += len(self.tokenizer.decode(ids[1:]).encode("utf-8"))
+        point = {"step": step, "kl_to_base": sum(per_prompt) / len(per_prompt),
                  "bpb": nll / nbytes / math.log(2) if nbytes else None}
         if self.val_examples:
             point["val_loss"] = validation_loss(model, self.val_examples, pad_id=self.pad_id, device=self.device,
