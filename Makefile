@@ -47,9 +47,9 @@ bench: $(STAMP)
 reproduce-table: $(STAMP)
 	$(PY) -m experiments.reproduce $(TABLE) --launcher $(LAUNCHER) $(ARGS)
 
-# The experiment's W&B workspace (analysis/dashboard.py): sync its offline runs, save the workspace, print its URL.
+# The experiment's W&B workspace (experiments/dashboard.py): sync its offline runs, save the workspace, print its URL.
 # Without network or credentials it writes the definition to results/$(TABLE)/dashboard.json and says how to save it.
 ENTITY  ?=
 PROJECT ?=
 dashboard: $(STAMP)
-	$(PY) -m analysis.dashboard $(TABLE) $(if $(ENTITY),--entity $(ENTITY)) $(if $(PROJECT),--project $(PROJECT)) $(ARGS)
+	$(PY) -m experiments.dashboard $(TABLE) $(if $(ENTITY),--entity $(ENTITY)) $(if $(PROJECT),--project $(PROJECT)) $(ARGS)

@@ -10,7 +10,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from analysis import dashboard
+from experiments import dashboard
+from experiments.reproduce import load_experiment
 from tests.conftest import REPO, TINY, run_folora
 from tests.wandb_offline import read_run
 
@@ -19,7 +20,7 @@ pytest.importorskip("wandb_workspaces")
 
 @pytest.fixture(scope="module")
 def smoke_workspace():
-    return dashboard.build_workspace(dashboard.load_experiment("smoke"), "my-team", "folora")
+    return dashboard.build_workspace(load_experiment("smoke", []), "my-team", "folora")
 
 
 def panels_of(workspace) -> dict[str, list]:
@@ -104,15 +105,15 @@ def test_an_offline_run_holds_the_keys_the_panels_read(tmp_path, smoke_workspace
 def test_without_credentials_the_definition_is_written_and_the_command_says_how_to_save_it(tmp_path):
     out = tmp_path / "dashboard.json"
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"NETRC": str(tmp_path / "no-netrc")}
-    process = subprocess.run([sys.executable, "-m", "analysis.dashboard", "smoke", "--entity", "my-team", "--out",
+    process = subprocess.run([sys.executable, "-m", "experiments.dashboard", "smoke", "--entity", "my-team", "--out",
                               str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert process.returncode == 2
     assert "no W&B credentials" in process.stderr and f"--save {out}" in process.stderr
     workspace = dashboard.from_definition(json.loads(out.read_text()))
     assert workspace.entity == "my-team" and workspace.name == "folora — smoke"
-    again = subprocess.run([sys.executable, "-m", "analysis.dashboard", "--save", str(out)], cwd=REPO, env=env,
+    again = subprocess.run([sys.executable, "-m", "experiments.dashboard", "--save", str(out)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "no W&B credentials" in again.stderr
-    unknown = subprocess.run([sys.executable, "-m", "analysis.dashboard", "nope"], cwd=REPO, env=env,
+    unknown = subprocess.run([sys.executable, "-m", "experiments.dashboard", "nope"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "no experiment 'nope'" in unknown.stderr

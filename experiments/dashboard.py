@@ -1,7 +1,7 @@
 """`make dashboard TABLE=<experiment> ENTITY=<entity> PROJECT=<project>`: an experiment's W&B workspace, as code.
 
-    python -m analysis.dashboard knobs --entity my-team --project folora     # sync the offline runs, save, print URL
-    python -m analysis.dashboard --save results/knobs/dashboard.json         # save a definition written earlier
+    python -m experiments.dashboard knobs --entity my-team --project folora     # sync the offline runs, save, print URL
+    python -m experiments.dashboard --save results/knobs/dashboard.json         # save a definition written earlier
 
 The workspace is built with `wandb-workspaces` (W&B's library for saved workspaces and reports; a workspace rather
 than a report because it is the project's live view, with the runs table and grouping a researcher keeps working
@@ -31,7 +31,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+from experiments.reproduce import CONF, REPO, ExperimentError, load_experiment, sweep_dir
+
 RUN_COLUMNS = ["config:method_name", "config:knob", "config:knob_value", "config:seed", "config:task_name",
                "summary:target_gain", "summary:forgetting", "summary:kl_to_base", "summary:preservation_mean_change",
                "summary:status"]
@@ -48,7 +49,7 @@ class DashboardError(Exception):
 
 def eval_items(suite: str) -> list[str]:
     """The items of the experiment's eval suite (conf/eval/<suite>.yaml), in the suite's order."""
-    return list(OmegaConf.load(REPO / "conf" / "eval" / f"{suite}.yaml")["items"])
+    return list(OmegaConf.load(CONF / "eval" / f"{suite}.yaml")["items"])
 
 
 def build_workspace(spec, entity: str, project: str):
@@ -130,16 +131,8 @@ def save(workspace) -> str:
     return workspace.url
 
 
-def load_experiment(name: str):
-    path = REPO / "experiments" / f"{name}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
-        raise DashboardError(f"there is no experiment {name!r}; choose one of {names} (files in experiments/)")
-    return OmegaConf.load(path)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.dashboard", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.dashboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", help="a file name in experiments/ without .yaml: knobs, main, smoke")
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY") or None)
     parser.add_argument("--project", default=None, help="W&B project (default: conf/logger/wandb.yaml's)")
@@ -154,15 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             return _save_or_explain(workspace, args.save, runs=[])
         if not args.experiment:
             raise DashboardError("name an experiment (e.g. `make dashboard TABLE=knobs`) or pass --save <definition.json>")
-        spec = load_experiment(args.experiment)
-        project = args.project or OmegaConf.load(REPO / "conf" / "logger" / "wandb.yaml").get("project", "folora")
+        spec = load_experiment(args.experiment, [])
+        project = args.project or OmegaConf.load(CONF / "logger" / "wandb.yaml").get("project", "folora")
         workspace = build_workspace(spec, args.entity or "", project)
         out = args.out or REPO / "results" / spec.name / "dashboard.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(definition(workspace), indent=1) + "\n")
         print(f"[dashboard] definition of {len(workspace.sections)} sections written to {out}")
-        return _save_or_explain(workspace, out, runs=offline_runs(args.runs_root / spec.name))
-    except DashboardError as error:
+        return _save_or_explain(workspace, out, runs=offline_runs(sweep_dir(spec, args.runs_root)))
+    except (DashboardError, ExperimentError) as error:
         print(f"dashboard: error: {error}", file=sys.stderr)
         return 2
 
@@ -173,7 +166,7 @@ def _save_or_explain(workspace, path: Path, runs: list[Path]) -> int:
                              f"{path}.")
     if not has_credentials():
         raise DashboardError(f"no W&B credentials (run `wandb login` or set WANDB_API_KEY). The definition is in {path}; "
-                             f"save it later with `python -m analysis.dashboard --save {path}`.")
+                             f"save it later with `python -m experiments.dashboard --save {path}`.")
     sync(runs, workspace.entity, workspace.project)
     print(f"[dashboard] {len(runs)} offline runs synced (already synced ones skipped)")
     print(f"[dashboard] saved: {save(workspace)}")
