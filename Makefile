@@ -43,9 +43,11 @@ bench: $(STAMP)
 	$(PY) -m folora.bench $(ARGS)
 
 # Run an experiment's grid (experiments/$(TABLE).yaml) as Hydra multiruns, skipping completed runs, then render
-# tables and plots under results/$(TABLE)/. LAUNCHER: basic | joblib (parallel CPU jobs) | slurm (submitit).
+# tables and plots under results/$(TABLE)/. LAUNCHER: basic | joblib (parallel CPU jobs) | slurm (submitit);
+# JOBS=2: two runs at a time on this machine, each with half the CPU threads.
+JOBS ?=
 reproduce-table: $(STAMP)
-	$(PY) -m experiments.reproduce $(TABLE) --launcher $(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.reproduce $(TABLE) --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 # The experiment's W&B workspace (experiments/dashboard.py): sync its offline runs, save the workspace, print its URL.
 # Without network or credentials it writes the definition to results/$(TABLE)/dashboard.json and says how to save it.

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from experiments.reproduce import CONF, REPO, ExperimentError, load_experiment, sweep_dir
+from experiments.reproduce import CONF, REPO, RUNS_ROOT, ExperimentError, load_experiment, sweep_dir
 
 RUN_COLUMNS = ["config:method_name", "config:knob", "config:knob_value", "config:seed", "config:task_name",
                "summary:target_gain", "summary:forgetting", "summary:kl_to_base", "summary:preservation_mean_change",
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment", nargs="?", help="a file name in experiments/ without .yaml: knobs, main, smoke")
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY") or None)
     parser.add_argument("--project", default=None, help="W&B project (default: conf/logger/wandb.yaml's)")
-    parser.add_argument("--runs-root", type=Path, default=REPO / "multirun", help="where the experiment's sweeps ran")
+    parser.add_argument("--runs-root", type=Path, default=RUNS_ROOT, help="where the experiment's sweeps ran")
     parser.add_argument("--out", type=Path, default=None, help="the definition's JSON (default results/<name>/dashboard.json)")
     parser.add_argument("--save", type=Path, default=None, metavar="JSON", help="save a definition written earlier")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """`make reproduce-table TABLE=<name>`: run an experiment's grid as Hydra multiruns, then render its tables and plots.
 
     python -m experiments.reproduce main                        # run what is missing, then render results/main/
-    python -m experiments.reproduce knobs --launcher joblib     # parallel CPU jobs (hydra-joblib-launcher)
+    python -m experiments.reproduce knobs --jobs 2              # two runs at a time, one CPU thread each (joblib)
     python -m experiments.reproduce gpu-main --launcher slurm   # one run per GPU (conf/hydra/launcher/slurm.yaml)
     python -m experiments.reproduce main --render-only          # tables and plots from the runs that exist
     python -m experiments.reproduce smoke grid.seeds=[0,1]      # any key of the experiment file, overridden
@@ -9,8 +9,10 @@
 An experiment is one YAML file in this folder: its grid (model, eval suite, tasks, methods with knob values, seeds,
 fixed overrides) and its rendering. Tasks and methods may be named by selector (`embedded`, `hub`, `all`), so a
 new task or method config is picked up without code changes. Each method is one `python -m folora.run -m` sweep
-over tasks x seeds x its knob values; runs land in a folder named by the grid's fixed settings, one subfolder
-per cell, and `skip_completed=true` makes a restarted sweep finish the rest without repeating finished runs.
+over tasks x seeds x its knob values; runs land in `results/<experiment>/runs/`, in a folder named by the grid's
+fixed settings, one subfolder per cell (results.json, outcomes, config and log are committed with the tables; the
+adapters and W&B folders are not), and `skip_completed=true` makes a restarted sweep, even on a fresh clone,
+finish the rest without repeating finished runs.
 A failed run records `status: failed`; the other runs still complete and the table marks the failure.
 """
 
@@ -21,6 +23,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -36,7 +39,11 @@ from analysis.collect import collect
 EXPERIMENTS = Path(__file__).resolve().parent
 REPO = EXPERIMENTS.parent
 CONF = REPO / "conf"
+RUNS_ROOT = REPO / "results"
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib"], "slurm": ["hydra/launcher=slurm"]}
+# Settings that change how fast a run goes, never what it computes: kept out of the run folder's name, so a cell
+# run with two threads is skipped when the sweep restarts with one.
+SPEED_KEYS = ["threads"]
 
 
 class ExperimentError(Exception):
@@ -113,7 +120,7 @@ def sweep_dir(spec: DictConfig, root: Path) -> Path:
     """Runs of one grid live together; a change to the fixed settings (model, suite, overrides) gets a new folder,
     so a skipped run is always a run of the same settings."""
     fixed = json.dumps([spec.grid.model, spec.grid.eval, list(spec.grid.overrides)])
-    return root / spec.name / f"{spec.grid.model}_{spec.grid.eval}_{hashlib.sha256(fixed.encode()).hexdigest()[:8]}"
+    return root / spec.name / "runs" / f"{spec.grid.model}_{spec.grid.eval}_{hashlib.sha256(fixed.encode()).hexdigest()[:8]}"
 
 
 def _override_key(override: str) -> str:
@@ -125,7 +132,7 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
     Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a run computes."""
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
-    excluded = ["experiment", "skip_completed", *(_override_key(o) for o in fixed)]
+    excluded = ["experiment", "skip_completed", *SPEED_KEYS, *(_override_key(o) for o in fixed)]
     by_method: dict[str, list[Cell]] = {}
     for cell in cells(spec):
         by_method.setdefault(cell.method, []).append(cell)
@@ -141,6 +148,14 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
                          f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]",
                          *LAUNCHERS[launcher], *launch])
     return commands
+
+
+def parallel_jobs(jobs: int) -> list[str]:
+    """`jobs` runs at a time on this machine (Hydra's joblib launcher), each with its share of the CPU threads.
+    On 2 cores two one-thread runs finish more work per hour than one two-thread run (docs/bench.md)."""
+    if jobs < 1:
+        raise ExperimentError(f"--jobs {jobs}: give a positive number of parallel runs, e.g. --jobs 2.")
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={max(1, (os.cpu_count() or 1) // jobs)}"]
 
 
 def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
@@ -185,19 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="basic")
     parser.add_argument("--launch", action="append", default=[], metavar="OVERRIDE",
                         help="a Hydra launcher override for every sweep, e.g. hydra.launcher.partition=gpu")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="N runs at a time on this machine, each with cores/N threads (the joblib launcher)")
     parser.add_argument("--render-only", action="store_true", help="render the runs that exist, run nothing")
-    parser.add_argument("--runs-root", type=Path, default=REPO / "multirun", help="where sweeps write their runs")
+    parser.add_argument("--runs-root", type=Path, default=RUNS_ROOT,
+                        help="where sweeps write their runs: <root>/<experiment>/runs/ (default results/)")
     parser.add_argument("--out", type=Path, default=None, help="where tables and plots go (default results/<name>)")
     args = parser.parse_intermixed_args(argv)
     try:
         spec = load_experiment(args.experiment, args.overrides)
         grid_cells = cells(spec)
+        launch = [*parallel_jobs(args.jobs), *args.launch] if args.jobs else args.launch
     except ExperimentError as error:
         print(f"reproduce: error: {error}", file=sys.stderr)
         return 2
     runs = sweep_dir(spec, args.runs_root)
     out = args.out or REPO / "results" / spec.name
-    commands = sweep_commands(spec, runs, args.launcher, args.launch)
+    commands = sweep_commands(spec, runs, "basic" if args.jobs else args.launcher, launch)
     started = time.perf_counter()
     sweep_seconds = {} if args.render_only else run_sweeps(commands)
     frame = collect([runs])
@@ -231,6 +250,7 @@ def _describe(cell: Cell) -> dict:
 
 def _command_line(args) -> str:
     launcher = [] if args.launcher == "basic" else [f"LAUNCHER={args.launcher}"]
+    launcher += [f"JOBS={args.jobs}"] if args.jobs else []
     extra = [f'ARGS="{" ".join(args.overrides)}"'] if args.overrides else []
     return " ".join(["make reproduce-table", f"TABLE={args.experiment}", *launcher, *extra])
 

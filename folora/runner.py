@@ -89,6 +89,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     try:
         validate_config(cfg)
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        record.data["host"]["threads"] = torch.get_num_threads()
         seed_everything(int(cfg.seed))
         logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
                      job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",

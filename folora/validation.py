@@ -57,6 +57,7 @@ RULES: tuple[Rule, ...] = (
     Rule("seed", int, non_negative, "a non-negative integer", "seed=0"),
     Rule("device", str, lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N",
          "device=cpu"),
+    Rule("threads", int | None, positive, "a positive integer or null (every core)", "threads=1"),
     Rule("skip_completed", bool, None, "true or false", "skip_completed=true"),
     Rule("train.steps", int, positive, "a positive integer (optimizer steps)", "train.steps=100"),
     Rule("train.batch_size", int, positive, "a positive integer", "train.batch_size=8"),

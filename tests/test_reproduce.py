@@ -2,6 +2,7 @@
 and marked, and every number of the rendered table is the number in the run's results.json."""
 
 import json
+import os
 import subprocess
 
 import pandas as pd
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from analysis.render import matched_comparison, pareto_front, summarize
-from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, sweep_commands
+from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, parallel_jobs, sweep_commands
 from tests.conftest import REPO
 
 # The smoke grid with one injected failure: LoRA at a negative learning rate, which the runner refuses.
@@ -94,11 +95,22 @@ def test_a_restarted_sweep_skips_completed_runs_and_retries_the_failed_one(smoke
     tmp_path, _ = smoke
     before = {p: p.stat().st_mtime_ns for p in results_files(tmp_path)
               if json.loads(p.read_text())["status"] == "completed"}
-    again = make_reproduce(tmp_path)
+    # the restart runs two jobs at a time with one thread each: the cells are the same cells, so they are skipped
+    again = make_reproduce(tmp_path, "--jobs", "2")
     assert again.returncode != 0
     assert again.stdout.count("skipped (skip_completed=true)") == 6
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert len(results_files(tmp_path)) == 7
+    retried = next(json.loads(p.read_text()) for p in results_files(tmp_path) if p not in before)
+    assert retried["status"] == "failed" and retried["config"]["threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_parallel_jobs_share_the_cores_and_refuse_a_bad_count():
+    assert parallel_jobs(2) == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                f"threads={max(1, (os.cpu_count() or 1) // 2)}"]
+    assert parallel_jobs(10**6)[-1] == "threads=1"
+    with pytest.raises(ExperimentError, match="--jobs 0"):
+        parallel_jobs(0)
 
 
 def test_grids_pick_up_every_method_and_embedded_task_from_the_config_groups():
