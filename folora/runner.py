@@ -20,7 +20,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from folora import metrics, precision, report
+from folora import checkpoint, metrics, precision, report
+from folora.checkpoint import Checkpointer, Interrupted
 from folora.errors import FoloraError, require
 from folora.evals import kl, outcomes
 from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint, suite_items
@@ -81,9 +82,13 @@ def cached_base_eval(model, tokenizer, eval_cfg: DictConfig, model_fingerprint: 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment and return its completed record; on any error the record is marked failed."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as error:
+        raise FoloraError(f"Could not write the run folder {run_dir}: {error.strerror or error}. Choose a writable "
+                          f"folder (hydra.run.dir=...) or free disk space.") from error
     record = RunRecord(run_dir / "results.json", resolved, REPO)
     logger = instantiate(cfg.logger)
     started = time.perf_counter()
@@ -96,14 +101,22 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
                      job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
                                                      f"eval:{cfg.eval.name}"])
-        outcome = _run(cfg, run_dir, record, logger)
+        checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every))
+        outcome = _run(cfg, run_dir, record, logger, checkpoints)
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()
+        if not cfg.train.get("keep_checkpoint", False):
+            checkpoints.remove()
         logger.summary(summary_metrics(record.data))
         logger.finish("completed")
         print(report.render(record.data), flush=True)
         print(f"\n[folora] results: {record.path}", flush=True)
         return record.data
+    except Interrupted as stop:
+        record.data.setdefault("timing", {})["wall_s"] = round(time.perf_counter() - started, 3)
+        record.interrupt(str(stop), stop.step)
+        logger.finish("interrupted")
+        raise
     except BaseException as error:
         record.data.setdefault("timing", {})["wall_s"] = round(time.perf_counter() - started, 3)
         record.fail(error)
@@ -146,11 +159,16 @@ class Outcome:
     adapter: Path
 
 
-def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
-    """The phases of one run, in order; each is timed into `timing.phases_s`."""
+def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints: Checkpointer) -> Outcome:
+    """The phases of one run, in order; each is timed into `timing.phases_s`. A checkpoint in the run folder (a run
+    that was stopped) is checked first and continued from: its calibration and training state are restored."""
     device = pick_device(cfg.device)
     method = build_method(cfg.method)
     eval_precision = precision.resolve(cfg.eval.precision, device)   # eval, calibration and drafts
+    resume, calibration = checkpoints.load_state(), checkpoints.load_calibration()
+    if resume is not None:
+        print(f"[folora] resuming from the checkpoint of step {resume['step']} in {checkpoints.folder}", flush=True)
+        record.update(resumed_from_step=resume["step"])
     phases = Phases()
     with phases("load model"):
         loaded = load_model(cfg.model)
@@ -171,15 +189,18 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger) -> Outcome:
     with phases("prepare method"):
         context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
                                 cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,
-                                precision=eval_precision)
+                                precision=eval_precision, calibration=calibration)
         model = method.prepare(model, context).to(device)
+        if calibration is None:
+            checkpoints.save_calibration(method.calibration_state())
     trajectory = Trajectory(every=int(cfg.eval.get("every", 0)), prompts=kl_prompts, reference=reference,
                             plain_text=[not p.get("chat", False) for p in prompt_records],
                             tokenizer=tokenizer, val_examples=task.validation[: int(cfg.train.val_examples)],
                             pad_id=tokenizer.pad_token_id, device=device, precision=eval_precision)
     with phases("train"):
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
-                        seed=int(cfg.seed), log=logger.log, trajectory=trajectory)
+                        seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
+                        resume=resume)
     with phases("final eval"):
         final = evaluate_suite(model, tokenizer, cfg.eval, eval_precision)
         kl_score = kl.kl_to_reference(reference, kl.next_token_logprobs(model, kl_prompts, device, eval_precision))

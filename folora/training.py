@@ -17,6 +17,14 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from folora import precision
+from folora.checkpoint import (
+    Checkpointer,
+    Interrupted,
+    rng_state,
+    set_rng_state,
+    stop_requested,
+    training_section,
+)
 from folora.errors import FoloraError
 from folora.methods import Method
 from folora.tasks.data import IGNORE_INDEX, collate
@@ -31,6 +39,16 @@ class TrainSummary:
     losses: list[float] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
     trajectory: list[dict] = field(default_factory=list)
+    checkpoint_s: float = 0.0    # time spent writing checkpoints (not counted in wall_s)
+
+    def progress(self) -> dict:
+        """What a checkpoint keeps of the summary."""
+        return {"steps": self.steps, "tokens": self.tokens, "wall_s": self.wall_s, "losses": self.losses,
+                "logs": self.logs, "trajectory": self.trajectory, "checkpoint_s": self.checkpoint_s}
+
+    def restore(self, progress: dict) -> None:
+        for key, value in progress.items():
+            setattr(self, key, value)
 
     @property
     def tokens_per_s(self) -> float:
@@ -40,7 +58,7 @@ class TrainSummary:
         tail = self.losses[-max(1, len(self.losses) // 10):]
         return {"steps": self.steps, "tokens": self.tokens, "precision": self.precision, "loss_first": self.losses[0], "loss_last": sum(tail) / len(tail),
                 "loss_min": min(self.losses), "loss_curve": [round(x, 5) for x in self.losses], "logs": self.logs,
-                "trajectory": self.trajectory}
+                "trajectory": self.trajectory, "checkpoint_s": round(self.checkpoint_s, 3)}
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -157,39 +175,80 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
 
 
 def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: DictConfig, *, pad_id: int,
-          device: torch.device, seed: int, log, trajectory=None) -> TrainSummary:
+          device: torch.device, seed: int, log, trajectory=None, checkpoints: Checkpointer | None = None,
+          resume: dict | None = None) -> TrainSummary:
     """Run `cfg.steps` optimizer steps of `cfg.grad_accum` micro-batches each; `log(metrics, step)` records.
 
     `trajectory` (a `folora.evals.trajectory.Trajectory`), if given, is measured before the first step and whenever
-    it is due; its time is not counted in the training throughput."""
+    it is due; its time is not counted in the training throughput. `checkpoints` writes the training state when due
+    and when a stop signal arrives (then the run stops with `Interrupted`); `resume`, a state it wrote, continues
+    the run from that step exactly."""
     if len(examples) < cfg.batch_size:
         raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
     trainer = make_trainer(model, method, cfg, device)
     stream = batches(examples, cfg.batch_size, pad_id, seed, group_by_length=bool(cfg.get("group_by_length", False)))
     summary = TrainSummary(steps=0, tokens=0, wall_s=0.0, precision=trainer.precision)
+    first = restore_training(trainer, summary, stream, resume, int(cfg.grad_accum)) if resume else 0
     model.train()
     measure = _trajectory_recorder(model, trajectory, summary, log, int(cfg.steps))
-    measure(0)
-    start, paused = time.perf_counter(), 0.0
-    progress = tqdm(range(cfg.steps), desc="train", unit="step", dynamic_ncols=True)
-    for step in progress:
-        result = training_step(trainer, [next(stream) for _ in range(cfg.grad_accum)], step)
-        summary.steps = step + 1
-        summary.tokens += result.tokens
-        summary.losses.append(result.loss)
-        elapsed = time.perf_counter() - start - paused
-        progress.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            record = {"step": step + 1, "loss": result.loss, "lr": trainer.schedule.get_last_lr()[0],
-                      "grad_norm": result.grad_norm, "tokens_per_s": summary.tokens / elapsed,
-                      **({"penalty": float(result.penalty)} if result.penalty is not None else {}),
-                      **method.step_metrics()}
-            summary.logs.append(record)
-            log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
-        paused += measure(step + 1)
+    if first == 0:
+        measure(0)
+    start, paused = time.perf_counter() - summary.wall_s, 0.0
+    progress = tqdm(range(first, cfg.steps), desc="train", unit="step", dynamic_ncols=True, initial=first,
+                    total=cfg.steps)
+    with training_section():
+        for step in progress:
+            result = training_step(trainer, [next(stream) for _ in range(cfg.grad_accum)], step)
+            summary.steps = step + 1
+            summary.tokens += result.tokens
+            summary.losses.append(result.loss)
+            elapsed = time.perf_counter() - start - paused
+            progress.set_postfix(loss=f"{result.loss:.3f}", tok_s=f"{summary.tokens / elapsed:.0f}")
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                record = {"step": step + 1, "loss": result.loss, "lr": trainer.schedule.get_last_lr()[0],
+                          "grad_norm": result.grad_norm, "tokens_per_s": summary.tokens / elapsed,
+                          **({"penalty": float(result.penalty)} if result.penalty is not None else {}),
+                          **method.step_metrics()}
+                summary.logs.append(record)
+                log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
+            paused += measure(step + 1)
+            if checkpoints is not None and checkpoints.due(step + 1, int(cfg.steps)):
+                summary.wall_s = time.perf_counter() - start - paused
+                seconds = checkpoints.save_state(training_state(trainer, summary, int(cfg.grad_accum)))
+                summary.checkpoint_s += seconds
+                paused += seconds
+            if stop_requested() is not None:
+                raise Interrupted(stop_requested(), step + 1)
     summary.wall_s = time.perf_counter() - start - paused
     model.eval()
     return summary
+
+
+def training_state(trainer: Trainer, summary: TrainSummary, grad_accum: int) -> dict:
+    """Everything the next step depends on, after `summary.steps` steps (see `folora.checkpoint`)."""
+    weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    return {"step": summary.steps, "batches_read": summary.steps * grad_accum, "weights": weights,
+            "optimizer": trainer.optimizer.state_dict(), "schedule": trainer.schedule.state_dict(),
+            "method": trainer.method.state_dict(), "rng": rng_state(), "summary": summary.progress()}
+
+
+def restore_training(trainer: Trainer, summary: TrainSummary, stream, state: dict, grad_accum: int) -> int:
+    """Put a freshly built trainer back where `training_state` left it; the step to continue from."""
+    trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    if set(trainable) != set(state["weights"]):
+        raise FoloraError("The checkpoint's trainable parameters are not this model's; delete the run folder's "
+                          "checkpoint/ to start the run over.")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(state["weights"][name])
+    trainer.method.load_state_dict(state["method"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.schedule.load_state_dict(state["schedule"])
+    for _ in range(state["batches_read"]):   # the stream is deterministic in its seed: read past what was used
+        next(stream)
+    summary.restore(state["summary"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 def _trajectory_recorder(model, trajectory, summary: TrainSummary, log, total: int):

@@ -82,6 +82,22 @@ class GatedSpectralAdam(torch.optim.Optimizer):
             groups.append({"params": other, "V": None, "PV": None, "lam": None, "lam_rest": None})
         super().__init__(groups, defaults)
 
+    BASIS_KEYS = ("V", "PV", "lam", "lam_rest")
+
+    def state_dict(self) -> dict:
+        """Adam's moments (in Z coordinates for A) and the hyperparameters; the bases are the method's state (its
+        calibration), not saved again per group."""
+        state = super().state_dict()
+        state["param_groups"] = [{k: v for k, v in g.items() if k not in self.BASIS_KEYS} for g in state["param_groups"]]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Moments and hyperparameters from `state_dict`; each group keeps the basis it was built with."""
+        bases = [{k: g[k] for k in self.BASIS_KEYS} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, basis in zip(self.param_groups, bases, strict=True):
+            group.update(basis)
+
     @torch.no_grad()
     def step(self, closure=None):
         """One step for every pair. Pairs that share an input group's basis (q/k/v, gate/up) are updated with one

@@ -15,6 +15,7 @@ basis recomputed every `refresh_every` steps.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -77,6 +78,9 @@ class FoLoRA(PeftLoRAMethod):
         self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration, CovarianceCalibration))
         self.bases: dict[str, Basis] = {}
         self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter, Basis]] = []
+        self.pair_groups: list[str] = []     # the input group of each pair, in the order of `pairs`
+        self.member_of: dict[str, str] = {}
+        self._covariances: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.calibration_stats: dict = {}
         self._optimizer: GatedSpectralAdam | None = None
         self._refresher: _TaskCovarianceEMA | None = None
@@ -86,6 +90,27 @@ class FoLoRA(PeftLoRAMethod):
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         names = linear_layer_names(model, self.lora_config)
         check_rank(self.lora_config.r, model, names)   # before calibration, which takes a while
+        if ctx.calibration is not None:
+            self._restore_calibration(ctx.calibration)
+        else:
+            self._calibrate(model, names, ctx)
+        peft_model = self.wrap(model)
+        self.pairs, self.pair_groups = [], []
+        for name, layer in lora_layers(peft_model):
+            basis = self.bases[self.member_of[name]]
+            a = layer.lora_A["default"].weight
+            b = layer.lora_B["default"].weight
+            if self.a_init == "spectral":
+                _spectral_init(a, basis)
+            self.pairs.append((a, b, basis))
+            self.pair_groups.append(self.member_of[name])
+        if self.refresh_every:
+            start = {key: c_t for key, (c_t, _) in self._covariances.items()}
+            self._refresher = _TaskCovarianceEMA(peft_model, start, self.refresh_ema)
+        return peft_model
+
+    def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
+        """Proxy samples, both covariances of every input group, and each group's generalized eigenbasis."""
         proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
         with ctx.phase("calibration/proxy sampling"):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
@@ -115,19 +140,33 @@ class FoLoRA(PeftLoRAMethod):
         self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
                                   "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
                                   "damping_max": max(b.damping for b in self.bases.values())}
-        peft_model = self.wrap(model)
-        self.pairs = []
-        for name, layer in lora_layers(peft_model):
-            basis = self.bases[self.member_of[name]]
-            a = layer.lora_A["default"].weight
-            b = layer.lora_B["default"].weight
-            if self.a_init == "spectral":
-                _spectral_init(a, basis)
-            self.pairs.append((a, b, basis))
-        if self.refresh_every:
-            start = {key: c_t for key, (c_t, _) in self._covariances.items()}
-            self._refresher = _TaskCovarianceEMA(peft_model, start, self.refresh_ema)
-        return peft_model
+
+    def calibration_state(self) -> dict:
+        return {"bases": {key: _basis_fields(b) for key, b in self.bases.items()}, "member_of": self.member_of,
+                "covariances": {key: list(pair) for key, pair in self._covariances.items()},
+                "stats": self.calibration_stats}
+
+    def _restore_calibration(self, state: dict) -> None:
+        self.bases = {key: Basis(**fields) for key, fields in state["bases"].items()}
+        self.member_of = dict(state["member_of"])
+        self._covariances = {key: tuple(pair) for key, pair in state["covariances"].items()}
+        self.calibration_stats = state["stats"]
+
+    def state_dict(self) -> dict:
+        """With basis refresh, the bases move during training and the task covariance is a running average."""
+        if self._refresher is None:
+            return {}
+        return {"bases": {key: _basis_fields(b) for key, b in self.bases.items()}, "ema": self._refresher.values}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.bases = {key: Basis(**fields) for key, fields in state["bases"].items()}
+        self.pairs = [(a, b, self.bases[key]) for (a, b, _), key in zip(self.pairs, self.pair_groups, strict=True)]
+        if self._optimizer is not None:   # its groups were built from the calibration bases: point them at these
+            for group, (_, _, basis) in zip(self._optimizer.param_groups, self.pairs, strict=False):
+                group.update(V=basis.V, PV=basis.PV, lam=basis.lam, lam_rest=basis.lam_rest)
+        self._refresher.values = dict(state["ema"])
 
     def _spectrum_summary(self) -> dict:
         lams = torch.cat([b.lam.float() for b in self.bases.values()])
@@ -173,6 +212,10 @@ class FoLoRA(PeftLoRAMethod):
         return {"calibration": self.calibration_stats}
 
 
+def _basis_fields(basis: Basis) -> dict:
+    return {f.name: getattr(basis, f.name) for f in dataclasses.fields(basis)}
+
+
 def _spectral_init(a: torch.nn.Parameter, basis: Basis) -> None:
     """A's rows = the top-r generalized eigenvectors, scaled to the Frobenius norm of the Kaiming init."""
     r = a.shape[0]
@@ -196,7 +239,8 @@ class _TaskCovarianceEMA:
             if not module.training:
                 return
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            cov = x.T @ x / max(1, x.shape[0])   # padding included: a cheap running estimate
+            with torch.autocast(x.device.type, enabled=False):   # an fp32 statistic under bf16 training too
+                cov = x.T @ x / max(1, x.shape[0])   # padding included: a cheap running estimate
             cov = cov / torch.diagonal(cov).mean().clamp_min(1e-30)   # same scale as the trace-normalized start
             start = self.values[key]
             self.values[key] = (start / torch.diagonal(start).mean()).lerp(cov, 1 - self.decay)

@@ -1,0 +1,212 @@
+"""Checkpoints and exact resume (folora/checkpoint.py).
+
+For every method (each `conf/method/*.yaml`, and FoLoRA with basis refresh): a run resumed from the checkpoint of
+any step has the same loss curve, trajectory and final weights as the same run uninterrupted, on CPU, bit for bit.
+Through the real entry point: a run SIGKILLed after a checkpoint and started again finishes with the uninterrupted
+run's numbers; SIGTERM checkpoints and stops cleanly; a checkpoint of another config, or a corrupted one, is
+refused; a failed checkpoint write keeps the previous checkpoint and leaves no complete-looking result."""
+
+from __future__ import annotations
+
+import errno
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from folora import checkpoint
+from folora.checkpoint import Checkpointer
+from folora.errors import FoloraError
+from folora.methods import MethodContext
+from folora.models import load_model
+from folora.runner import build_method, seed_everything
+from folora.tasks.data import load_task
+from folora.training import train
+from tests.conftest import REPO, TINY, composed, read_results, run_folora
+
+CONF = REPO / "conf"
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+VARIANTS = [[f"method={m}"] for m in METHODS] + [["method=folora", "method.refresh_every=2"]]
+STEPS = 6
+
+
+def tiny(*overrides: str):
+    return composed("model=tiny-random", "task.sizes.train=32", "task.sizes.validation=8", f"train.steps={STEPS}",
+                    "train.batch_size=4", "train.lr=2e-2", "train.log_every=1", "method.dropout=0.1", *overrides)
+
+
+def prepared(cfg, tmp_path: Path, calibration: dict | None = None):
+    """A fresh model and method, prepared as the runner prepares them (seeded the same way)."""
+    seed_everything(0)
+    loaded = load_model(cfg.model)
+    task = load_task(cfg.task, loaded.tokenizer)
+    method = build_method(cfg.method)
+    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
+                        cache_dir=tmp_path / "cache", model_fingerprint=loaded.fingerprint, calibration=calibration)
+    return method.prepare(loaded.model, ctx), method, task, loaded.tokenizer
+
+
+def run_training(cfg, tmp_path, checkpoints=None, resume=None, calibration=None):
+    model, method, task, tokenizer = prepared(cfg, tmp_path, calibration)
+    if checkpoints is not None and calibration is None:
+        checkpoints.save_calibration(method.calibration_state())
+    summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"),
+                    seed=0, log=lambda *a: None, checkpoints=checkpoints, resume=resume)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return summary, weights
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: " ".join(o).replace("method=", ""))
+def test_a_resumed_run_is_the_uninterrupted_run(overrides, tmp_path):
+    cfg = tiny(*overrides)
+    # every checkpoint of the uninterrupted run is kept by copying it away as it is written
+    checkpoints = Checkpointer(tmp_path / "ckpt", {"config": {}, "code": {}}, every=2)
+    saved = {}
+    save_state = checkpoints.save_state
+
+    def keep_each(state):
+        buffer = io.BytesIO()   # serialized now: the optimizer's state tensors keep changing after the save
+        torch.save(state, buffer)
+        saved[state["step"]] = buffer.getvalue()
+        return save_state(state)
+
+    checkpoints.save_state = keep_each
+    full, full_weights = run_training(cfg, tmp_path, checkpoints)
+    assert sorted(saved) == [2, 4]
+    calibration = checkpoints.load_calibration()
+    for step in (2, 4):
+        state = torch.load(io.BytesIO(saved[step]), weights_only=True)
+        resumed, weights = run_training(cfg, tmp_path, resume=state, calibration=calibration)
+        assert resumed.losses == full.losses, f"loss curve after resuming at step {step}"
+        assert [r["loss"] for r in resumed.logs] == [r["loss"] for r in full.logs]
+        assert resumed.tokens == full.tokens
+        for name, value in full_weights.items():
+            assert torch.equal(weights[name], value), f"{name} after resuming at step {step}"
+
+
+# --- through the entry point ---------------------------------------------------------------------------------------
+
+RUN = [*TINY, "train.steps=8", "train.checkpoint_every=2", "eval.every=0"]
+
+
+def _numbers(record: dict) -> dict:
+    return {"losses": record["train"]["loss_curve"], "metrics": record["metrics"], "target_gain": record["target_gain"],
+            "forgetting": record["forgetting"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    done = run_folora(run_dir, *RUN, "method=folora")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return read_results(run_dir)
+
+
+def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", *RUN, "method=folora",
+                             *overrides], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoint" / "state.pt").exists():
+        assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def test_sigkill_after_a_checkpoint_then_the_same_command_finishes_with_the_same_numbers(tmp_path, uninterrupted):
+    process = _start(tmp_path)
+    _wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert read_results(tmp_path)["status"] == "running"   # killed without a word: nothing looks complete
+    again = run_folora(tmp_path, *RUN, "method=folora")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from the checkpoint of step" in again.stdout
+    record = read_results(tmp_path)
+    assert record["status"] == "completed" and record["resumed_from_step"] in range(2, 8, 2)
+    assert _numbers(record) == _numbers(uninterrupted)
+    assert not (tmp_path / "checkpoint").exists()   # removed once the run completed
+
+
+def test_sigterm_checkpoints_the_step_and_stops_as_interrupted(tmp_path):
+    log = tmp_path / "stderr.txt"
+    overrides = [f"hydra.run.dir={tmp_path / 'run'}", *RUN, "method=lora", "train.steps=400", "train.checkpoint_every=0"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "folora.run", *overrides], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 300
+        while "train:" not in log.read_text():   # the progress bar: training has started
+            assert process.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 3, log.read_text()[-2000:]
+    record = read_results(tmp_path / "run")
+    assert record["status"] == "interrupted" and "SIGTERM" in record["interrupted"]["message"]
+    step = record["interrupted"]["checkpoint_step"]
+    assert 0 < step < 400 and (tmp_path / "run" / "checkpoint" / "state.pt").exists()
+    again = run_folora(tmp_path / "run", *overrides[1:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    record = read_results(tmp_path / "run")
+    assert record["status"] == "completed" and record["resumed_from_step"] == step
+    assert len(record["train"]["loss_curve"]) == 400
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path):
+    process = _start(tmp_path)
+    _wait_for_checkpoint(tmp_path, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    other = run_folora(tmp_path, *RUN, "method=folora", "train.lr=1e-3")
+    assert other.returncode == 2
+    assert "checkpoint of a different run (train.lr: 0.002 in the checkpoint, 0.001 now)" in other.stderr
+    # execution settings are not part of what a run computes: resuming with another thread count is allowed
+    assert checkpoint.identity(composed(*RUN, "threads=1"), REPO) == checkpoint.identity(composed(*RUN), REPO)
+
+
+def test_a_corrupted_checkpoint_is_refused(tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "state.pt").write_bytes(b"\x80\x02 not a checkpoint, cut short")
+    refused = run_folora(tmp_path, *RUN, "method=lora")
+    assert refused.returncode == 2
+    assert "cannot be read" in refused.stderr and f"Delete {folder}" in refused.stderr
+    assert read_results(tmp_path)["status"] == "failed"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, code):
+    ckpt = Checkpointer(tmp_path / "checkpoint", {"config": {}, "code": {}}, every=1)
+    ckpt.save_state({"step": 1, "x": torch.ones(3)})
+    real_save = torch.save
+
+    def full_disk(obj, handle):
+        real_save(obj, handle)
+        raise OSError(code, "simulated")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(FoloraError, match="The previous checkpoint is kept"):
+        ckpt.save_state({"step": 2, "x": torch.zeros(3)})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.load_state()["step"] == 1
+    assert [p.name for p in ckpt.folder.iterdir()] == ["state.pt"]   # no temporary file left behind
+
+
+def test_an_unwritable_result_stops_with_a_message(tmp_path):
+    (tmp_path / "results.json").mkdir()   # the result cannot be written there (root ignores permission bits)
+    result = run_folora(tmp_path, *TINY, "method=lora")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "Could not write" in result.stderr and "results.json" in result.stderr
+
+
+def test_the_config_says_how_often_to_checkpoint():
+    cfg = composed()
+    assert cfg.train.checkpoint_every == 10 and cfg.train.keep_checkpoint is False
+    assert OmegaConf.select(cfg, "threads") is None
