@@ -53,20 +53,36 @@ class Interrupted(BaseException):
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _stop = {"signal": None, "training": False}
+_handed_over: dict[int, object] = {}   # signals a job scheduler's own handler also wants (submitit's USR2: requeue)
 
 
 def install_stop_handlers() -> None:
     """SIGTERM and SIGUSR1: during training, finish the step, checkpoint and stop; elsewhere, stop at once (the run
-    records status=failed, and a restart resumes from the last checkpoint)."""
+    records status=failed, and a restart resumes from the last checkpoint). Under submitit (Hydra's Slurm or local
+    launcher) SIGUSR2 is its timeout and preemption signal: the run checkpoints the same way, then hands the
+    signal to submitit, which requeues the job; the requeued job resumes from the checkpoint."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop_signal)
+    previous = signal.getsignal(signal.SIGUSR2)
+    if callable(previous):
+        _handed_over[signal.SIGUSR2] = previous
+        signal.signal(signal.SIGUSR2, _on_stop_signal)
 
 
 def _on_stop_signal(signum, frame):
     if _stop["training"]:
         _stop["signal"] = signum
         return
+    hand_over(signum)
     raise SystemExit(f"terminated by signal {signum}")
+
+
+def hand_over(signum: int) -> None:
+    """Pass a stop signal on to the scheduler's handler that was installed before ours (submitit requeues the job
+    and exits); nothing for a signal no one else handles."""
+    handler = _handed_over.get(signum)
+    if handler is not None:
+        handler(signum, None)
 
 
 def stop_requested() -> int | None:
@@ -82,6 +98,7 @@ class training_section:
     def __exit__(self, *exc):
         _stop["training"] = False
         if _stop["signal"] is not None and exc[0] is None:   # a signal between the last check and the end
+            hand_over(_stop["signal"])
             raise SystemExit(f"terminated by signal {_stop['signal']}")
 
 

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError
+from folora.results import cache_lock
 
 # ChatML, the format of SmolLM2-Instruct and Qwen2.5; used for tokenizers that ship without a template.
 CHATML_TEMPLATE = (
@@ -93,29 +94,38 @@ def _load_gguf_package(cfg: DictConfig) -> LoadedModel:
     target = cache_dir() / "models" / cfg.name
     meta_path = target / "folora_model.json"
     if not meta_path.is_file():
-        print(f"Converting {gguf_path.name} to float32 safetensors (once; cached in {target}) ...", flush=True)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-        # The GGUF-loaded model carries a quantization marker that blocks save_pretrained; its weights are
-        # already dequantized float32, so copy them into a plain model built from the same config.
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(quantized.state_dict())
-        tmp = target.with_name(target.name + ".tmp")
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "folora_model.json").write_text(json.dumps({"gguf_sha256": _file_sha256(gguf_path), "source": str(gguf_path)}))
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        tmp.rename(target)
+        with cache_lock(target):   # parallel jobs: one converts, the others wait and load its result
+            if not meta_path.is_file():
+                _convert_gguf(gguf_path, target)
     meta = json.loads(meta_path.read_text())
     model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(target)
     return LoadedModel(model, tokenizer, f"{cfg.name}-gguf-{meta['gguf_sha256'][:16]}", cfg.name, path=target)
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantize with transformers' GGUF loader and save a plain float32 model and its tokenizer at `target`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {gguf_path.name} to float32 safetensors (once; cached in {target}) ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The GGUF-loaded model carries a quantization marker that blocks save_pretrained; its weights are
+    # already dequantized float32, so copy them into a plain model built from the same config.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "folora_model.json").write_text(json.dumps({"gguf_sha256": _file_sha256(gguf_path), "source": str(gguf_path)}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
 
 
 # --- a tiny random Llama for tests ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +37,18 @@ def write_atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path):
+    """An exclusive lock on the cache entry `path` (a file `<path>.lock` beside it) while it is checked and filled:
+    when parallel jobs (a joblib or Slurm sweep) miss the same entry together, one computes it, the others wait
+    and then read it. Inside the lock, check again whether the entry exists before computing it."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        yield
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from folora.checkpoint import Interrupted, install_stop_handlers
+from folora.checkpoint import Interrupted, hand_over, install_stop_handlers
 from folora.errors import FoloraError
 
 # Nothing is fetched from a model or dataset hub unless the user turns these off deliberately.
@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
         run_experiment(cfg, run_dir)
     except Interrupted as stop:
         print(f"\nfolora: {stop} (run folder: {run_dir}; results.json records status=interrupted)", file=sys.stderr)
+        hand_over(stop.signum)   # under submitit: requeue the job (it resumes from the checkpoint) and exit
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         sys.exit(3)

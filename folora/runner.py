@@ -28,7 +28,7 @@ from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint, s
 from folora.evals.trajectory import Trajectory
 from folora.methods import Method, MethodContext
 from folora.models import cache_dir, load_model
-from folora.results import RunRecord, write_json_atomic
+from folora.results import RunRecord, cache_lock, write_json_atomic
 from folora.tasks.data import load_task
 from folora.tasks.drafts import BaseModelDrafter
 from folora.training import TrainSummary, train, validation_loss
@@ -72,12 +72,14 @@ def cached_base_eval(model, tokenizer, eval_cfg: DictConfig, model_fingerprint: 
     precision) and cached on disk."""
     stem = f"{model_fingerprint}-{suite_fingerprint(eval_cfg)}-{eval_precision}"
     scores_path, outcomes_path = cache_dir() / "base_evals" / f"{stem}.json", cache_dir() / "base_evals" / f"{stem}.outcomes.json.gz"
-    if scores_path.is_file() and outcomes_path.is_file():
-        return SuiteResult(json.loads(scores_path.read_text()), outcomes.load(outcomes_path)), True
-    result = evaluate_suite(model, tokenizer, eval_cfg, eval_precision)
-    outcomes.save(outcomes_path, result.outcomes)      # outcomes first: scores present means both are
-    write_json_atomic(scores_path, result.scores)
-    return result, False
+    if not scores_path.is_file():
+        with cache_lock(scores_path):      # parallel jobs: one evaluates, the others wait for its result
+            if not scores_path.is_file():
+                result = evaluate_suite(model, tokenizer, eval_cfg, eval_precision)
+                outcomes.save(outcomes_path, result.outcomes)      # outcomes first: scores present means both are
+                write_json_atomic(scores_path, result.scores)
+                return result, False
+    return SuiteResult(json.loads(scores_path.read_text()), outcomes.load(outcomes_path)), True
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:

@@ -207,7 +207,7 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 record = {"step": step + 1, "loss": result.loss, "lr": trainer.schedule.get_last_lr()[0],
                           "grad_norm": result.grad_norm, "tokens_per_s": summary.tokens / elapsed,
-                          **({"penalty": float(result.penalty)} if result.penalty is not None else {}),
+                          **({"penalty": float(result.penalty.detach())} if result.penalty is not None else {}),
                           **method.step_metrics()}
                 summary.logs.append(record)
                 log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)

@@ -210,3 +210,30 @@ def test_the_config_says_how_often_to_checkpoint():
     cfg = composed()
     assert cfg.train.checkpoint_every == 10 and cfg.train.keep_checkpoint is False
     assert OmegaConf.select(cfg, "threads") is None
+
+
+def test_a_submitit_timeout_signal_requeues_the_job_and_it_resumes(tmp_path):
+    """Hydra's submitit_local launcher; the job gets submitit's timeout signal (USR2) mid-training, as the
+    launcher's own `_interrupt` test helper sends it: the run checkpoints, submitit requeues it, and the requeued
+    job resumes from the checkpoint and completes."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "folora.run", "-m", *RUN, "method=lora", "train.steps=300",
+               "train.checkpoint_every=0", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+               f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=run"]
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = sweep / "run"
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint" / "calibration.pt").exists():   # written just before training starts
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-2000:]
+        time.sleep(0.05)
+    job = subprocess.run(["pgrep", "-f", f"submitit.core._submit.*{sweep}"], capture_output=True, text=True)
+    pids = [int(p) for p in job.stdout.split()]
+    assert pids, "the submitit job process was not found"
+    for pid in pids:
+        subprocess.run(["kill", "-USR2", str(pid)], check=True)
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err[-3000:]
+    record = read_results(run_dir)
+    assert record["status"] == "completed", record.get("error")
+    # one launcher call, two attempts: the second (the requeued job) resumed from the first one's checkpoint
+    assert 0 < record["resumed_from_step"] < 300 and len(record["train"]["loss_curve"]) == 300

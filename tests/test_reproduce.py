@@ -148,6 +148,7 @@ def test_launcher_configs_compose(launcher):
     assert {"joblib": "JoblibLauncher", "slurm": "SlurmLauncher"}[launcher] in target
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1
+        assert cfg.hydra.launcher.max_num_timeout > 0   # requeued on timeout or preemption; the run resumes
 
 
 def test_summary_is_mean_with_a_t_interval_over_seeds_and_keeps_failed_groups():

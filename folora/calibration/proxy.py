@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from folora import precision
 from folora.errors import FoloraError, require
-from folora.results import write_json_atomic
+from folora.results import cache_lock, write_json_atomic
 
 # Short, topic-neutral openings for `start: seeds`: prose, dialogue, code and lists, so no domain dominates.
 NEUTRAL_SEEDS = ("The", "In", "A", "It", "When", "We", "This", "There", "One", "I", "def", "import", "#", "1.",
@@ -63,15 +63,17 @@ def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_f
     spec = {"model": model_fingerprint, **asdict(cfg), "precision": precision_used}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / "proxy" / f"{key}.json"
-    if path.is_file():
-        payload = json.loads(path.read_text())
-        return ProxyData(payload["sequences"], payload["stats"], cached=True)
-    with precision.autocast(precision_used, device):
-        sequences = _sample(model, tokenizer, cfg, device)
-    stats = sequence_stats(sequences, tokenizer)
-    write_json_atomic(path, {"config": asdict(cfg), "model": model_fingerprint, "precision": precision_used,
-                             "sequences": sequences, "stats": stats})
-    return ProxyData(sequences, stats)
+    if not path.is_file():
+        with cache_lock(path):   # parallel jobs with the same key: one samples, the others read its samples
+            if not path.is_file():
+                with precision.autocast(precision_used, device):
+                    sequences = _sample(model, tokenizer, cfg, device)
+                stats = sequence_stats(sequences, tokenizer)
+                write_json_atomic(path, {"config": asdict(cfg), "model": model_fingerprint, "precision": precision_used,
+                                         "sequences": sequences, "stats": stats})
+                return ProxyData(sequences, stats)
+    payload = json.loads(path.read_text())
+    return ProxyData(payload["sequences"], payload["stats"], cached=True)
 
 
 def _start_ids(tokenizer, cfg: ProxyConfig, count: int, generator: torch.Generator) -> list[list[int]]:

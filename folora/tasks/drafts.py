@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from folora.precision import autocast
-from folora.results import write_json_atomic
+from folora.results import cache_lock, write_json_atomic
 
 
 class BaseModelDrafter:
@@ -27,8 +27,13 @@ class BaseModelDrafter:
         spec = [self.fingerprint, self.max_new_tokens, self.precision, requests]
         key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:20]
         path = self.cache_dir / f"{key}.json"
-        if path.is_file():
-            return json.loads(path.read_text())["drafts"]
+        if not path.is_file():
+            with cache_lock(path):   # parallel jobs: one drafts, the others read its drafts
+                if not path.is_file():
+                    return self._draft_and_cache(requests, path)
+        return json.loads(path.read_text())["drafts"]
+
+    def _draft_and_cache(self, requests: list[str], path) -> list[str]:
         drafts = []
         progress = tqdm(total=len(requests), desc="drafting responses (base model, once)", unit="req", dynamic_ncols=True)
         for start in range(0, len(requests), self.batch_size):
