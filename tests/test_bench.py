@@ -111,3 +111,13 @@ def test_the_run_table_lists_every_phase_of_both_runs():
     text = bench.render(report)
     assert "base eval" in text and "100.0" in text and "0.1" in text and "whole process (wall)" in text
     assert text.count("\n  load model") == 1
+
+
+def test_the_overhead_section_times_the_runs_own_checkpoint_writes(tmp_path):
+    report = bench.main(["model=tiny-random", "sections=overhead", "steps=1", "warmup=0", f"out={tmp_path}"])
+    for method in ("lora", "folora"):
+        figures = report["overhead"]["checkpoint"][method]
+        assert figures["state_mb"] > 0 and figures["state_s"] > 0 and figures["every"] == 10
+        assert figures["overhead_per_step"] == figures["state_s"] / (10 * report["overhead"]["step_s"][method])
+    # FoLoRA's calibration (its bases) is saved once; LoRA has none to save but the file still marks the run
+    assert report["overhead"]["checkpoint"]["folora"]["calibration_mb"] > report["overhead"]["checkpoint"]["lora"]["calibration_mb"]

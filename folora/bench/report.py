@@ -41,7 +41,12 @@ def render(report: dict) -> str:
                   f"  LoRA {o['step_s']['lora']:.3f} s/step, FoLoRA {o['step_s']['folora']:.3f} s/step: ratio {o['ratio']:.3f}"]
         lines += [f"  calibration/{k}: {v:.1f} s" for k, v in o["calibration_s"].items()]
         lines += [f"  default make run ≈ {o['default_run_estimate_s']:.0f} s ({o['default_run_formula']}); calibration "
-                  f"share {o['calibration_share_cold']:.1%} cold, {o['calibration_share_warm']:.1%} with the proxy cached", ""]
+                  f"share {o['calibration_share_cold']:.1%} cold, {o['calibration_share_warm']:.1%} with the proxy cached"]
+        for name, c in o.get("checkpoint", {}).items():
+            lines.append(f"  checkpoint, {name}: state {c['state_mb']:.0f} MB in {c['state_s']:.2f} s (every {c['every']} "
+                         f"steps: {c['overhead_per_step']:.1%} of training time); calibration {c['calibration_mb']:.0f} MB "
+                         f"in {c['calibration_s']:.2f} s, once")
+        lines.append("")
     if report.get("eval"):
         e = report["eval"]
         lines += ["evaluation (base model scores ± stderr)"]

@@ -26,12 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from folora import precision
 from folora.bench.flops import sum_d_cubed, sum_d_squared
 from folora.bench.timing import Clock
+from folora.checkpoint import Checkpointer
 from folora.methods import MethodContext
 from folora.models import load_model
 from folora.runner import Phases
 from folora.tasks.data import IGNORE_INDEX, load_task
 from folora.tasks.drafts import greedy_chat
-from folora.training import batches, make_trainer, train, training_step
+from folora.training import TrainSummary, batches, make_trainer, train, training_state, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,8 +133,24 @@ def step_time_side_by_side(cfgs: dict[str, DictConfig], task, tokenizer, device,
                 training_step(trainer, [batch], step)
     per_step = {name: statistics.median(t) for name, t in times.items()}
     calibration = {name: trainer.method.summary().get("calibration", {}) for name, trainer in prepared.items()}
+    with tempfile.TemporaryDirectory(dir=calibration_cache) as folder:
+        saving = {name: checkpoint_cost(trainer, Path(folder) / name, int(cfgs[name].train.checkpoint_every),
+                                        per_step[name]) for name, trainer in prepared.items()}
     return {"tokens_per_step": statistics.mean(tokens[warmup:]), "step_s": per_step, "prepare": prepare,
-            "calibration": calibration}
+            "calibration": calibration, "checkpoint": saving}
+
+
+def checkpoint_cost(trainer, folder: Path, every: int, step_s: float, repeats: int = 3) -> dict:
+    """The run's own checkpoint writes (folora.checkpoint): the calibration once, the training state at each
+    checkpoint (median of `repeats`), their sizes, and the state write as a share of the steps between two
+    checkpoints at the default interval."""
+    summary = TrainSummary(steps=1, tokens=0, wall_s=0.0)
+    writer = Checkpointer(folder, {"config": {}, "code": {}}, every)
+    calibration_s = writer.save_calibration(trainer.method.calibration_state())
+    state_s = statistics.median(writer.save_state(training_state(trainer, summary, 1)) for _ in range(repeats))
+    return {"calibration_s": calibration_s, "calibration_mb": writer.calibration_path.stat().st_size / 2**20,
+            "state_s": state_s, "state_mb": writer.state_path.stat().st_size / 2**20, "every": every,
+            "overhead_per_step": state_s / (every * step_s) if every else 0.0}
 
 
 def eval_items(model, tokenizer, eval_cfg: DictConfig, precision_used: str) -> dict:
@@ -217,6 +234,7 @@ def overhead(options: dict, device, steps: int, warmup: int, task, tokenizer, ev
     run_s = calibration_s + default_steps * figures["step_s"]["folora"] + eval_s
     return {"tokens_per_step": figures["tokens_per_step"], "step_s": figures["step_s"],
             "ratio": figures["step_s"]["folora"] / figures["step_s"]["lora"], "calibration_s": calibration,
+            "checkpoint": figures["checkpoint"],
             "default_run_estimate_s": run_s, "default_run_formula": f"calibration + {default_steps} x FoLoRA step + "
             f"final eval ({'measured' if eval_s else 'not measured: run with sections=eval too'})",
             "calibration_share_cold": calibration_s / run_s,
