@@ -26,6 +26,7 @@ from folora.calibration.covariance import InputGroup, find_input_groups, streame
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import require
 from folora.fo_lora.gated_adam import GATES, GatedSpectralAdam
+from folora.fo_lora.memory import check_fits, device_memory, groups_per_pass_that_fit, memory_plan, top_k_for
 from folora.fo_lora.spectral import Basis, solve
 from folora.methods import (
     MethodContext,
@@ -44,20 +45,22 @@ class CovarianceCalibration:
 
     task_examples: int = 64              # training examples whose tokens form C_t
     batch_size: int = 8
-    groups_per_pass: int | None = None   # stream this many input groups at a time (None = all at once)
+    groups_per_pass: int | str | None = "auto"   # input groups per covariance pass; auto: as many as memory allows
 
     def __post_init__(self):
         require(self.task_examples > 0 and self.batch_size > 0,
                 f"method.calibration.task_examples={self.task_examples} and method.calibration.batch_size="
                 f"{self.batch_size} must be positive.")
-        require(self.groups_per_pass is None or self.groups_per_pass > 0,
-                f"method.calibration.groups_per_pass={self.groups_per_pass} must be positive or null.")
+        require(self.groups_per_pass in (None, "auto") or (isinstance(self.groups_per_pass, int) and self.groups_per_pass > 0),
+                f"method.calibration.groups_per_pass={self.groups_per_pass!r} must be auto, a positive integer, or null "
+                f"(all groups in one pass).")
 
 
 class FoLoRA(PeftLoRAMethod):
     def __init__(self, name: str = "folora", knob: str = "method.kappa", *, kappa: float = 1.0, gate: str = "rational",
                  tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, a_init: str = "kaiming",
-                 damping: float = 1e-4, top_k: int | None = None, top_k_min_dim: int = 4096, b_damping: float = 1e-6,
+                 damping: float = 1e-4, top_k: int | str | None = "auto", top_k_fraction: float = 0.25,
+                 top_k_min_dim: int = 4096, b_damping: float = 1e-6,
                  refresh_every: int = 0, refresh_ema: float = 0.9, proxy: dict | None = None,
                  calibration: dict | None = None, **lora_options):
         super().__init__(name, knob, **lora_options)
@@ -69,11 +72,13 @@ class FoLoRA(PeftLoRAMethod):
         self.kappa, self.gate_kind, self.tau = float(kappa), gate, float(tau)
         self.gate_a, self.gate_b, self.a_init = bool(gate_a), bool(gate_b), a_init
         self.damping, self.b_damping = float(damping), float(b_damping)
-        self.top_k, self.top_k_min_dim = (int(top_k) if top_k else None), int(top_k_min_dim)
+        require(top_k is None or top_k == "auto" or (isinstance(top_k, int) and top_k > 0),
+                f"method.top_k={top_k!r} must be auto, a positive number of directions, or null (the full basis).")
+        require(0 < top_k_fraction <= 1, f"method.top_k_fraction={top_k_fraction} must be in (0, 1].")
+        self.top_k, self.top_k_fraction, self.top_k_min_dim = top_k, float(top_k_fraction), int(top_k_min_dim)
         self.refresh_every, self.refresh_ema = int(refresh_every), float(refresh_ema)
         require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
         require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
-        require(top_k is None or top_k > 0, f"method.top_k={top_k} must be a positive number of directions or null.")
         self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig)
         self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration, CovarianceCalibration))
         self.bases: dict[str, Basis] = {}
@@ -109,8 +114,30 @@ class FoLoRA(PeftLoRAMethod):
             self._refresher = _TaskCovarianceEMA(peft_model, start, self.refresh_ema)
         return peft_model
 
+    def _kept(self, dim: int) -> int | None:
+        return top_k_for(dim, self.top_k, self.top_k_fraction, self.top_k_min_dim)
+
+    def _memory_plan(self, model: torch.nn.Module, groups: list[InputGroup], device: torch.device) -> dict:
+        """The bytes this calibration and training will hold; stops here, before any calibration, if they do not fit."""
+        modules = dict(model.named_modules())
+        shapes = [(g.dim, [(modules[n].out_features, modules[n].in_features) for n in g.members]) for g in groups]
+        model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        kept, available = [self._kept(g.dim) for g in groups], device_memory(device)
+        per_pass = self.calibration.groups_per_pass
+        if per_pass == "auto":
+            per_pass = groups_per_pass_that_fit(shapes, self.lora_config.r, kept, model_bytes=model_bytes,
+                                                refresh=bool(self.refresh_every), available=available)
+        plan = memory_plan(shapes, self.lora_config.r, kept, model_bytes=model_bytes, groups_per_pass=per_pass,
+                           refresh=bool(self.refresh_every))
+        check_fits(plan, available, widest=max(g.dim for g in groups), top_k=self.top_k)
+        return plan | {"groups_per_pass": per_pass or len(groups), "device_gib": available}
+
     def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
         """Proxy samples, both covariances of every input group, and each group's generalized eigenbasis."""
+        probe = ctx.tokenizer(["The"], return_tensors="pt")
+        groups = find_input_groups(model, names, {"input_ids": probe["input_ids"].to(ctx.device),
+                                                  "attention_mask": probe["attention_mask"].to(ctx.device)})
+        plan = self._memory_plan(model, groups, ctx.device)
         proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
         with ctx.phase("calibration/proxy sampling"):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
@@ -121,13 +148,11 @@ class FoLoRA(PeftLoRAMethod):
         size = self.calibration.batch_size
         task_batches = [collate(task[i:i + size], pad) for i in range(0, len(task), size)]
         task_batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in task_batches]
-        groups = find_input_groups(model, names, {k: v.to(ctx.device) for k, v in proxy_batches[0].items()})
         solve_seconds = [0.0]
 
         def consume(group: InputGroup, c_t: torch.Tensor, c_p: torch.Tensor) -> None:
             start = time.perf_counter()
-            top_k = self.top_k if (self.top_k and group.dim >= self.top_k_min_dim) else None
-            self.bases[group.key] = solve(c_t, c_p, damping=self.damping, top_k=top_k)
+            self.bases[group.key] = solve(c_t, c_p, damping=self.damping, top_k=self._kept(group.dim))
             if self.refresh_every:
                 self._covariances[group.key] = (c_t, c_p)
             solve_seconds[0] += time.perf_counter() - start
@@ -135,11 +160,12 @@ class FoLoRA(PeftLoRAMethod):
         self._covariances: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with ctx.phase("calibration/covariances and solve"):
             counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume,
-                                          self.calibration.groups_per_pass, ctx.precision)
+                                          plan["groups_per_pass"], ctx.precision)
         self.member_of = {name: g.key for g in groups for name in g.members}
         self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
                                   "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
-                                  "damping_max": max(b.damping for b in self.bases.values())}
+                                  "damping_max": max(b.damping for b in self.bases.values()), "memory_plan": plan,
+                                  "top_k": {g.key: self._kept(g.dim) for g in groups if self._kept(g.dim)}}
 
     def calibration_state(self) -> dict:
         return {"bases": {key: _basis_fields(b) for key, b in self.bases.items()}, "member_of": self.member_of,

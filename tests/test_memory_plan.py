@@ -1,0 +1,95 @@
+"""FoLoRA's memory plan (folora/fo_lora/memory.py): exact byte counts at Llama-3.1-8B shapes, the automatic top-k
+and pass size that make the defaults fit one 80 GB GPU, the plan recorded in results, and a clear stop, before any
+calibration, when it does not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from folora.errors import FoloraError
+from folora.fo_lora import memory
+from folora.fo_lora.memory import GIB, groups_per_pass_that_fit, memory_plan, top_k_for
+from folora.methods import MethodContext
+from folora.models import load_model
+from folora.runner import build_method
+from folora.tasks.data import load_task
+from tests.conftest import composed
+
+LAYERS, HIDDEN, MLP, KV = 32, 4096, 14336, 1024
+BF16_8B_MODEL = 8_030_261_248 * 2
+
+
+def llama_8b_groups():
+    """Per layer: q/k/v read one input, o its own, gate/up one, down its own."""
+    layer = [(HIDDEN, [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN)]), (HIDDEN, [(HIDDEN, HIDDEN)]),
+             (HIDDEN, [(MLP, HIDDEN), (MLP, HIDDEN)]), (MLP, [(HIDDEN, MLP)])]
+    return layer * LAYERS
+
+
+def kept(groups, top_k="auto", fraction=0.25, min_dim=4096):
+    return [top_k_for(dim, top_k, fraction, min_dim) for dim, _ in groups]
+
+
+def test_full_bases_at_8b_shapes_are_the_65_gb_the_issue_counts():
+    groups = llama_8b_groups()
+    plan = memory_plan(groups, 16, kept(groups, None), model_bytes=BF16_8B_MODEL, groups_per_pass=None, refresh=False)
+    expected = LAYERS * (2 * (3 * HIDDEN**2 + MLP**2) * 4 + (3 * HIDDEN + MLP) * 4)
+    assert plan["bases"] == round(expected / GIB, 6)
+    assert 60 < plan["bases"] < 62   # GiB: about 65 GB
+    assert plan["training"] > 80e9 / GIB * 0.93   # with the model, more than an 80 GB GPU holds
+
+
+def test_automatic_top_k_and_pass_size_fit_one_80_gb_gpu():
+    groups = llama_8b_groups()
+    k = kept(groups)
+    assert sorted(set(k)) == [1024, 3584]
+    gpu = 80e9 / GIB
+    per_pass = groups_per_pass_that_fit(groups, 16, k, model_bytes=BF16_8B_MODEL, refresh=False, available=gpu)
+    assert per_pass is not None and 1 <= per_pass < len(groups)
+    plan = memory_plan(groups, 16, k, model_bytes=BF16_8B_MODEL, groups_per_pass=per_pass, refresh=False)
+    assert plan["peak"] <= 0.8 * gpu
+    assert 15 < plan["bases"] < 16   # GiB: a quarter of each wide group's directions
+    # the same pass size on a machine where everything fits at once is "all at once"
+    assert groups_per_pass_that_fit(groups, 16, k, model_bytes=BF16_8B_MODEL, refresh=False, available=10_000) is None
+
+
+def test_top_k_rule():
+    assert top_k_for(576, "auto", 0.25, 4096) is None          # narrow groups keep the full basis
+    assert top_k_for(14336, "auto", 0.25, 4096) == 3584
+    assert top_k_for(4096, 512, 0.25, 4096) == 512
+    assert top_k_for(4096, 8192, 0.25, 4096) is None          # asking for more than there is: the full basis
+    assert top_k_for(4096, None, 0.25, 4096) is None
+
+
+def _prepare(tmp_path, *overrides):
+    cfg = composed("model=tiny-random", "method=folora", "task.sizes.train=32", "task.sizes.validation=8", *overrides)
+    loaded = load_model(cfg.model)
+    task = load_task(cfg.task, loaded.tokenizer)
+    method = build_method(cfg.method)
+    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
+                        cache_dir=tmp_path, model_fingerprint=loaded.fingerprint)
+    method.prepare(loaded.model, ctx)
+    return method
+
+
+def test_the_plan_is_recorded_with_the_run(tmp_path):
+    plan = _prepare(tmp_path).summary()["calibration"]["memory_plan"]
+    assert plan["unit"] == "GiB" and plan["peak"] >= plan["model"] > 0 and plan["bases"] > 0
+    assert plan["groups_per_pass"] >= 1 and plan["device_gib"] > 0
+
+
+def test_a_plan_larger_than_the_device_stops_before_calibration(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "device_memory", lambda device: 1e-6)
+    import folora.fo_lora.method as method_module
+
+    monkeypatch.setattr(method_module, "device_memory", lambda device: 1e-6)
+    with pytest.raises(FoloraError, match=r"memory plan needs .* GiB.*method\.top_k=auto.*groups_per_pass=1"):
+        _prepare(tmp_path)
+    assert not (tmp_path / "proxy").exists()   # stopped before proxy sampling
+
+
+@pytest.mark.parametrize("value", ["all", 0, -2])
+def test_bad_top_k_and_pass_values_are_refused(value):
+    with pytest.raises(FoloraError, match="method.top_k"):
+        build_method(composed("method=folora", f"method.top_k={value}").method)
