@@ -121,3 +121,14 @@ def test_the_overhead_section_times_the_runs_own_checkpoint_writes(tmp_path):
         assert figures["overhead_per_step"] == figures["state_s"] / (10 * report["overhead"]["step_s"][method])
     # FoLoRA's calibration (its bases) is saved once; LoRA has none to save but the file still marks the run
     assert report["overhead"]["checkpoint"]["folora"]["calibration_mb"] > report["overhead"]["checkpoint"]["lora"]["calibration_mb"]
+
+
+def test_the_8b_shapes_section_solves_and_steps_at_small_widths(tmp_path):
+    report = bench.main(["model=tiny-random", "sections=shapes8b", "shape_widths=64,128", "shape_layers=1",
+                         f"out={tmp_path}"])
+    solves = report["shapes8b"]["solve"]
+    assert [s["width"] for s in solves] == [64, 128] and [s["top_k"] for s in solves] == [16, 32]
+    assert all(s["solve_s"] > 0 for s in solves)
+    step = report["shapes8b"]["step"]
+    assert step["layers"] == 1 and step["gated_step_s"] > 0 and step["adam_step_s"] > 0
+    assert step["gated_step_s_32_layers"] == step["gated_step_s"] * 32

@@ -1,7 +1,7 @@
 """`make bench`: where the time goes, measured side by side in one process and printed as a table.
 
     python -m folora.bench [model=smollm2-135m] [precision=auto] [steps=4] [warmup=1] [batch_size=8] [seq_len=128]
-                           [sections=ceiling,train,overhead,eval,scaling,run]
+                           [sections=ceiling,train,overhead,eval,scaling,run,shapes8b]
 
 1. ceiling   a large matmul (fp32; bf16 where the hardware has it) -> FLOP/s; the training FLOPs per token of the
              model under LoRA (forward + backward through a frozen base) -> the bound in tokens/s.
@@ -18,6 +18,11 @@
              conversion, base eval, proxy sampling) and again on the filled cache (warm): wall time and the phase
              table. Not in the default sections (it takes two default runs); ask with sections=run, and pass
              overrides for both runs with "run_overrides=train.steps=3 eval.limit=3".
+
+7. shapes8b FoLoRA's spectral solve (seconds, peak memory) at Llama-3.1-8B input-group widths on synthetic
+             covariances, and one gated optimizer step over 8B-shaped LoRA pairs against Adam (folora/bench/shapes8b.py):
+             on a GPU the real widths and 32 layers, on CPU widths 1024-4096 and 2 layers ("shape_widths=",
+             "shape_layers=" override). Not in the default sections.
 
 `precision=auto|fp32|bf16` (default auto: bf16 where the hardware has it) applies to every section.
 
@@ -48,12 +53,14 @@ from folora.bench.sections import (
     precision_overrides,
     scaling,
 )
+from folora.bench.shapes8b import shapes_8b
 from folora.models import load_model
 from folora.results import package_versions, write_json_atomic
 from folora.tasks.data import load_task
 
 OPTIONS = {"model": "smollm2-135m", "precision": "auto", "steps": "4", "warmup": "1", "batch_size": "8", "seq_len": "128",
            "sections": "ceiling,train,overhead,eval,scaling", "widths": "64,128,256,512", "ranks": "8,16,32", "run_overrides": "",
+           "shape_widths": "", "shape_layers": "",
            "out": str(REPO / "results" / "bench")}
 
 
@@ -104,6 +111,11 @@ def main(argv: list[str]) -> dict:
                        device, steps, warmup, options["precision"])
         reference = report.get("overhead", {}).get("calibration_split") or {**rows[-1], "name": "tiny-random"}
         report["scaling"] = {"rows": rows, "prediction_8b": predict_8b(reference, calibration_tokens(cfg))}
+    if "shapes8b" in sections:   # GPU: the real widths and 32 layers; CPU: smaller solves, 2 layers
+        cuda = device.type == "cuda"
+        widths = [int(w) for w in (options["shape_widths"] or ("4096,14336" if cuda else "1024,2048,4096")).split(",")]
+        layers = int(options["shape_layers"] or (32 if cuda else 2))
+        report["shapes8b"] = shapes_8b(device, widths, layers, 1.0)
     if "run" in sections:
         report["run"] = make_run_phases(options["model"], options["precision"], options["run_overrides"].split())
     out = Path(options["out"]) / f"bench_{options['model']}_{device.type}_{used}.json"

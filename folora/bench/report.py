@@ -60,6 +60,16 @@ def render(report: dict) -> str:
             lines += [f"  generation, greedy, KV cache: batched {g['batched']['tokens_per_s']:.1f} tokens/s, one at a "
                       f"time {g['one_at_a_time']['tokens_per_s']:.1f} tokens/s (x{g['speedup']:.2f})"]
         lines.append("")
+    if "shapes8b" in report:
+        r = report["shapes8b"]
+        lines += [f"FoLoRA at Llama-3.1-8B shapes ({r['scale']} scale; synthetic power-law covariances, default top-k)",
+                  "  width  top_k  solve s   peak GiB"]
+        lines += [f"  {x['width']:5d}  {x['top_k']:5d}  {x['solve_s']:7.2f}  "
+                  f"{x['peak_gib'] if x['peak_gib'] is None else round(x['peak_gib'], 2)}" for x in r["solve"]]
+        st = r["step"]
+        lines += [f"  optimizer step, {st['layers']} layer(s) of LoRA pairs (rank 16, 7 projections): gated "
+                  f"{st['gated_step_s']:.3f} s, Adam {st['adam_step_s']:.3f} s (x{st['ratio']:.1f}); for 32 layers "
+                  f"{st['gated_step_s_32_layers']:.2f} s vs {st['adam_step_s_32_layers']:.2f} s", ""]
     if "scaling" in report:
         lines += ["scaling (tiny-random Llama, 2 layers, MLP = 2 x width)",
                   "  width  rank  LoRA s/step  FoLoRA s/step  ratio  proxy s  cov s    solve s  Σd³"]

@@ -1,0 +1,125 @@
+"""FoLoRA at Llama-3.1-8B shapes without the 8B weights (`make bench ARGS="sections=shapes8b"`).
+
+- **Solve.** Synthetic covariances of the 8B input-group widths (4096 for q/k/v, o and gate/up; 14336 for the MLP
+  down-projection) with a realistic spectrum: eigenvalues decaying as a power law (C_p: i^-1, C_t: i^-1.5, the
+  task covariance more concentrated), in random bases that differ between the two. The spectral solve
+  (`folora.fo_lora.spectral.solve`, float64, at the top-k the default keeps) is timed per group, with its peak
+  memory (CUDA's peak allocator statistics on a GPU; on CPU the process's peak resident memory, reset first).
+- **Step.** One gated optimizer step (`GatedSpectralAdam`) over every LoRA pair of `layers` 8B-shaped layers (rank 16,
+  q/k/v/o/gate/up/down, bases at the default top-k), against `torch.optim.Adam` on the same parameters and
+  gradients. The step's cost is per layer, so 32 layers cost 32 times one layer's.
+
+On a GPU the widths are the real ones and all 32 layers are stepped. On CPU the same code runs at reduced scale
+(`widths`, `layers` options) and the figures say which scale they are.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from folora.bench.timing import Clock
+from folora.fo_lora.gated_adam import GatedSpectralAdam
+from folora.fo_lora.memory import top_k_for
+from folora.fo_lora.spectral import solve
+
+HIDDEN, MLP, KV, RANK = 4096, 14336, 1024, 16
+LAYER = {"q": (HIDDEN, HIDDEN), "k": (KV, HIDDEN), "v": (KV, HIDDEN), "o": (HIDDEN, HIDDEN), "gate": (MLP, HIDDEN),
+         "up": (MLP, HIDDEN), "down": (HIDDEN, MLP)}   # (d_out, d_in)
+SHARED = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up", "down": "down"}
+
+
+def synthetic_covariance(dim: int, decay: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Q diag(i^-decay) Qᵀ with Q a random orthogonal basis, trace-normalized, fp32 (as the calibration makes them)."""
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64).to(device))
+    spectrum = torch.arange(1, dim + 1, dtype=torch.float64, device=device) ** -decay
+    c = (q * spectrum) @ q.T
+    return (c / torch.diagonal(c).mean()).float()
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")   # Linux: reset the peak resident set (VmHWM)
+        except OSError:
+            pass
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+        return int(line.split()[1]) * 1024 / 2**30
+    except (OSError, StopIteration):
+        return None
+
+
+def solve_costs(widths: list[int], device: torch.device, fraction: float = 0.25, min_dim: int = 4096) -> list[dict]:
+    """Per width: the solve's seconds and peak memory at the default top-k (and the k it kept)."""
+    generator, clock, rows = torch.Generator().manual_seed(0), Clock(device), []
+    for dim in widths:
+        c_p = synthetic_covariance(dim, 1.0, generator, device)
+        c_t = synthetic_covariance(dim, 1.5, generator, device)
+        k = top_k_for(dim, "auto", fraction, min(min_dim, dim))
+        _peak_reset(device)
+        seconds: list[float] = []
+        with clock(seconds):
+            basis = solve(c_t, c_p, top_k=k)
+        rows.append({"width": dim, "top_k": basis.k, "solve_s": seconds[0], "peak_gib": _peak_gib(device),
+                     "lambda_max": float(basis.lam[0]), "lambda_rest": basis.lam_rest})
+        del c_p, c_t, basis
+    return rows
+
+
+def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: int = 3) -> dict:
+    """One gated step over `layers` 8B-shaped layers' LoRA pairs (widths multiplied by `scale`) against Adam."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = {name: (max(1, int(d_out * scale)), max(1, int(d_in * scale))) for name, (d_out, d_in) in LAYER.items()}
+    pairs, params = [], []
+    for _ in range(layers):
+        bases = {}
+        for name, (d_out, d_in) in shapes.items():
+            group = SHARED[name]
+            if group not in bases:
+                k = top_k_for(d_in, "auto", 0.25, min(4096, d_in)) or d_in
+                v = torch.randn(d_in, k, generator=generator).to(device) / math.sqrt(d_in)
+                bases[group] = _basis(v, generator, device)
+            a = torch.nn.Parameter(torch.randn(RANK, d_in, generator=generator).to(device) / math.sqrt(d_in))
+            b = torch.nn.Parameter(torch.randn(d_out, RANK, generator=generator).to(device) * 1e-3)
+            pairs.append((a, b, bases[group]))
+            params += [a, b]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-3
+    clock = Clock(device)
+    gated = GatedSpectralAdam(pairs, lr=1e-4, kappa=1.0)
+    adam = torch.optim.Adam(params, lr=1e-4)
+    times: dict[str, list[float]] = {"gated": [], "adam": []}
+    for step in range(repeats + 1):
+        for name, optimizer in (("gated", gated), ("adam", adam)):
+            seconds = times[name] if step else []
+            with torch.no_grad(), clock(seconds):
+                optimizer.step()
+    gated_s, adam_s = statistics.median(times["gated"]), statistics.median(times["adam"])
+    return {"layers": layers, "scale": scale, "gated_step_s": gated_s, "adam_step_s": adam_s, "ratio": gated_s / adam_s,
+            "gated_step_s_32_layers": gated_s * 32 / layers, "adam_step_s_32_layers": adam_s * 32 / layers,
+            "lora_params": sum(p.numel() for p in params)}
+
+
+def _basis(v: torch.Tensor, generator: torch.Generator, device):
+    from folora.fo_lora.spectral import Basis
+
+    k = v.shape[1]
+    lam = torch.sort(torch.rand(k, generator=generator).to(device) * 10, descending=True).values
+    return Basis(V=v, PV=v.clone(), lam=lam, damping=1e-4, lam_rest=0.1 if k < v.shape[0] else None)
+
+
+def shapes_8b(device: torch.device, widths: list[int], layers: int, scale: float) -> dict:
+    return {"solve": solve_costs(widths, device), "step": step_costs(layers, device, scale),
+            "scale": "full" if scale == 1.0 and max(widths) >= MLP else "reduced"}
