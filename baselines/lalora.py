@@ -99,8 +99,10 @@ class LaLoRA(PeftLoRAMethod):
         params = dict(model.named_parameters())
         for name, p in params.items():
             p._folora_name = name
-        self.anchors = [(params[name], t0, p) for name, (t0, p) in state["anchors"].items()]
-        self.kfac = [(params[name], m0, a, g) for name, (m0, a, g) in state["kfac"].items()]
+        # read onto the CPU: each tensor goes where its parameter lives
+        self.anchors = [(params[n], t0.to(params[n].device), p.to(params[n].device))
+                        for n, (t0, p) in state["anchors"].items()]
+        self.kfac = [(params[n], *(t.to(params[n].device) for t in (m0, a, g))) for n, (m0, a, g) in state["kfac"].items()]
         self.stats = state["stats"]
 
 

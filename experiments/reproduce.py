@@ -155,7 +155,8 @@ def parallel_jobs(jobs: int) -> list[str]:
     On 2 cores two one-thread runs finish more work per hour than one two-thread run (docs/bench.md)."""
     if jobs < 1:
         raise ExperimentError(f"--jobs {jobs}: give a positive number of parallel runs, e.g. --jobs 2.")
-    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={max(1, cores // jobs)}"]
 
 
 def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
@@ -210,13 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_experiment(args.experiment, args.overrides)
         grid_cells = cells(spec)
-        launch = [*parallel_jobs(args.jobs), *args.launch] if args.jobs else args.launch
+        if args.jobs is not None and args.launcher != "basic":
+            raise ExperimentError(f"--jobs runs cells in parallel on this machine (the joblib launcher); it does not "
+                                  f"combine with --launcher {args.launcher}. Drop one of them.")
+        launch = [*parallel_jobs(args.jobs), *args.launch] if args.jobs is not None else args.launch
     except ExperimentError as error:
         print(f"reproduce: error: {error}", file=sys.stderr)
         return 2
     runs = sweep_dir(spec, args.runs_root)
     out = args.out or REPO / "results" / spec.name
-    commands = sweep_commands(spec, runs, "basic" if args.jobs else args.launcher, launch)
+    commands = sweep_commands(spec, runs, args.launcher, launch)
     started = time.perf_counter()
     sweep_seconds = {} if args.render_only else run_sweeps(commands)
     frame = collect([runs])

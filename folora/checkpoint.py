@@ -8,7 +8,8 @@ the run stops with `status: interrupted`. Two files, each written atomically:
   covariances, LaLoRA's anchor and curvature), so a resumed run calibrates nothing again;
 - `state.pt`, at each checkpoint: the trainable weights, the optimizer state (FoLoRA's spectral moments
   included), the schedule, every RNG state, the position in the training stream, the method's training-time
-  state, the loss curve, log records and trajectory so far, and the timing of the phases already done.
+  state, and the loss curve, log records, trajectory and training time so far. (A resumed run's `timing` is that
+  of the resumed process: phases done before the stop are not counted again.)
 
 Starting the same config on that folder (a sweep restarted with `skip_completed=true`, a requeued Slurm job, or
 `python -m folora.run ... hydra.run.dir=<folder>`) continues from the checkpoint. On CPU the resumed run's loss
@@ -61,19 +62,25 @@ def install_stop_handlers() -> None:
     records status=failed, and a restart resumes from the last checkpoint). Under submitit (Hydra's Slurm or local
     launcher) SIGUSR2 is its timeout and preemption signal: the run checkpoints the same way, then hands the
     signal to submitit, which requeues the job; the requeued job resumes from the checkpoint."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_stop_signal)
     previous = signal.getsignal(signal.SIGUSR2)
-    if callable(previous):
+    under_submitit = callable(previous)
+    for signum in STOP_SIGNALS:
+        # submitit ignores SIGTERM on purpose: on preemption Slurm sends it before the requeue signal (USR2), and
+        # stopping on it would end the job without a requeue
+        if not (under_submitit and signum == signal.SIGTERM):
+            signal.signal(signum, _on_stop_signal)
+    if under_submitit:
         _handed_over[signal.SIGUSR2] = previous
         signal.signal(signal.SIGUSR2, _on_stop_signal)
 
 
 def _on_stop_signal(signum, frame):
-    if _stop["training"]:
-        _stop["signal"] = signum
+    if _stop["training"] and _stop["signal"] is None:
+        _stop["signal"] = signum   # finish the step, checkpoint, stop
         return
-    hand_over(signum)
+    if _stop["training"] and signum not in _handed_over and _stop["signal"] in _handed_over:
+        return                     # a requeue is already on its way: keep it
+    hand_over(signum)              # outside training, or a second signal while a step hangs: stop now
     raise SystemExit(f"terminated by signal {signum}")
 
 
@@ -169,8 +176,8 @@ class Checkpointer:
         return self.folder / "calibration.pt"
 
     def due(self, step: int, total: int) -> bool:
-        """A checkpoint every `every` steps before the last, and whenever a stop signal has arrived."""
-        return (self.every > 0 and step % self.every == 0 and step < total) or stop_requested() is not None
+        """A checkpoint every `every` steps before the last (and, decided by the loop, when a stop signal arrived)."""
+        return self.every > 0 and step % self.every == 0 and step < total
 
     def save_state(self, state: dict) -> float:
         """Write the training state; the seconds it took."""

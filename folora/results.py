@@ -44,11 +44,19 @@ def cache_lock(path: Path):
     """An exclusive lock on the cache entry `path` (a file `<path>.lock` beside it) while it is checked and filled:
     when parallel jobs (a joblib or Slurm sweep) miss the same entry together, one computes it, the others wait
     and then read it. Inside the lock, check again whether the entry exists before computing it."""
-    from filelock import FileLock
+    from filelock import FileLock, SoftFileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    try:
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except NotImplementedError:   # a file system without flock (some cluster mounts): a lock file instead
+        lock = SoftFileLock(str(path) + ".softlock")
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

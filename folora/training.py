@@ -212,13 +212,16 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
                 summary.logs.append(record)
                 log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
             paused += measure(step + 1)
-            if checkpoints is not None and checkpoints.due(step + 1, int(cfg.steps)):
+            signum = stop_requested()   # read once: the checkpoint and the stop agree on it
+            if checkpoints is not None and (signum is not None or checkpoints.due(step + 1, int(cfg.steps))):
                 summary.wall_s = time.perf_counter() - start - paused
                 seconds = checkpoints.save_state(training_state(trainer, summary, int(cfg.grad_accum)))
                 summary.checkpoint_s += seconds
                 paused += seconds
-            if stop_requested() is not None:
-                raise Interrupted(stop_requested(), step + 1)
+            if signum is not None:
+                if checkpoints is None:
+                    raise SystemExit(f"terminated by signal {signum} after step {step + 1} (no checkpoint)")
+                raise Interrupted(signum, step + 1)
     summary.wall_s = time.perf_counter() - start - paused
     model.eval()
     return summary

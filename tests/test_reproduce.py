@@ -13,6 +13,7 @@ from scipy import stats
 
 from analysis.render import matched_comparison, pareto_front, summarize
 from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, parallel_jobs, sweep_commands
+from experiments.reproduce import main as reproduce_main
 from tests.conftest import REPO
 
 # The smoke grid with one injected failure: LoRA at a negative learning rate, which the runner refuses.
@@ -111,6 +112,8 @@ def test_parallel_jobs_share_the_cores_and_refuse_a_bad_count():
     assert parallel_jobs(10**6)[-1] == "threads=1"
     with pytest.raises(ExperimentError, match="--jobs 0"):
         parallel_jobs(0)
+    assert reproduce_main(["smoke", "--jobs", "2", "--launcher", "slurm"]) == 2   # parallel here, or Slurm: not both
+    assert reproduce_main(["smoke", "--jobs", "0"]) == 2
 
 
 def test_grids_pick_up_every_method_and_embedded_task_from_the_config_groups():

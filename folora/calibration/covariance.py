@@ -98,7 +98,7 @@ def accumulate(model: torch.nn.Module, groups: list[InputGroup], batches: list[d
             tokens += int(batch["attention_mask"].sum())
             with precision.autocast(precision_used, device):
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return {k: v / max(1, tokens) for k, v in sums.items()}, tokens
+    return {k: v.div_(max(1, tokens)) for k, v in sums.items()}, tokens   # in place: no second d × d copy
 
 
 def streamed_covariances(model: torch.nn.Module, groups: list[InputGroup], proxy_batches: list[dict],

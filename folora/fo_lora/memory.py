@@ -6,7 +6,8 @@ covariances of the groups in one pass (`calibration.groups_per_pass`) and the fl
 basis refresh it keeps both covariances of every group and a running task covariance through training. At
 Llama-3.1-8B shapes (32 layers, groups of width 4096 and 14336) the full bases alone are about 65 GB in fp32.
 
-The plan counts these exactly from the layer shapes; it does not count activations (they depend on batch and
+The plan counts these from the layer shapes (the bases, adapters and moments exactly; the solve's workspace as
+the float64 arrays it keeps alive, checked against the bench's measured peak); it does not count activations (they depend on batch and
 sequence length, and are the same for every LoRA method). It is recorded in results.json
 (`method.calibration.memory_plan`), and a plan larger than the device's memory stops the run before any
 calibration, naming the settings that shrink it.
@@ -23,7 +24,9 @@ from folora.errors import FoloraError
 
 GIB = 2**30
 FP32, FP64 = 4, 8
-SOLVE_WORKSPACE_MATRICES = 8   # float64 d × d arrays alive in one solve: C_t, C_p, damped, L, L⁻¹C_t, M, U, V
+# float64 d × d arrays alive at once in one solve: C_t, C_p, I, C_p + εI, L, L⁻¹C_t, M, U, V, and eigh's workspace
+# (about 2 more); the bench's 4096-wide solve peaked at about 11 d² above the process's baseline
+SOLVE_WORKSPACE_MATRICES = 11
 
 
 def top_k_for(dim: int, top_k, fraction: float, min_dim: int) -> int | None:

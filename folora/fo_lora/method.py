@@ -96,7 +96,7 @@ class FoLoRA(PeftLoRAMethod):
         names = linear_layer_names(model, self.lora_config)
         check_rank(self.lora_config.r, model, names)   # before calibration, which takes a while
         if ctx.calibration is not None:
-            self._restore_calibration(ctx.calibration)
+            self._restore_calibration(ctx.calibration, ctx.device)
         else:
             self._calibrate(model, names, ctx)
         peft_model = self.wrap(model)
@@ -172,10 +172,11 @@ class FoLoRA(PeftLoRAMethod):
                 "covariances": {key: list(pair) for key, pair in self._covariances.items()},
                 "stats": self.calibration_stats}
 
-    def _restore_calibration(self, state: dict) -> None:
-        self.bases = {key: Basis(**fields) for key, fields in state["bases"].items()}
+    def _restore_calibration(self, state: dict, device: torch.device) -> None:
+        """A checkpoint's calibration (read onto the CPU), on the device the model trains on."""
+        self.bases = {key: _basis_on(fields, device) for key, fields in state["bases"].items()}
         self.member_of = dict(state["member_of"])
-        self._covariances = {key: tuple(pair) for key, pair in state["covariances"].items()}
+        self._covariances = {key: tuple(c.to(device) for c in pair) for key, pair in state["covariances"].items()}
         self.calibration_stats = state["stats"]
 
     def state_dict(self) -> dict:
@@ -187,12 +188,13 @@ class FoLoRA(PeftLoRAMethod):
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        self.bases = {key: Basis(**fields) for key, fields in state["bases"].items()}
+        device = self.pairs[0][0].device
+        self.bases = {key: _basis_on(fields, device) for key, fields in state["bases"].items()}
         self.pairs = [(a, b, self.bases[key]) for (a, b, _), key in zip(self.pairs, self.pair_groups, strict=True)]
         if self._optimizer is not None:   # its groups were built from the calibration bases: point them at these
             for group, (_, _, basis) in zip(self._optimizer.param_groups, self.pairs, strict=False):
                 group.update(V=basis.V, PV=basis.PV, lam=basis.lam, lam_rest=basis.lam_rest)
-        self._refresher.values = dict(state["ema"])
+        self._refresher.values = {key: value.to(device) for key, value in state["ema"].items()}
 
     def _spectrum_summary(self) -> dict:
         lams = torch.cat([b.lam.float() for b in self.bases.values()])
@@ -240,6 +242,10 @@ class FoLoRA(PeftLoRAMethod):
 
 def _basis_fields(basis: Basis) -> dict:
     return {f.name: getattr(basis, f.name) for f in dataclasses.fields(basis)}
+
+
+def _basis_on(fields: dict, device: torch.device) -> Basis:
+    return Basis(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
 
 
 def _spectral_init(a: torch.nn.Parameter, basis: Basis) -> None:
