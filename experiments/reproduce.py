@@ -35,15 +35,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from analysis import render
 from analysis.collect import collect
+from folora.checkpoint import EXECUTION_KEYS
 
 EXPERIMENTS = Path(__file__).resolve().parent
 REPO = EXPERIMENTS.parent
 CONF = REPO / "conf"
 RUNS_ROOT = REPO / "results"
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib"], "slurm": ["hydra/launcher=slurm"]}
-# Settings that change how fast a run goes, never what it computes: kept out of the run folder's name, so a cell
-# run with two threads is skipped when the sweep restarts with one.
-SPEED_KEYS = ["threads"]
 
 
 class ExperimentError(Exception):
@@ -132,7 +130,9 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
     Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a run computes."""
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
-    excluded = ["experiment", "skip_completed", *SPEED_KEYS, *(_override_key(o) for o in fixed)]
+    # keys that change how a run executes, not what it computes (threads, checkpoint interval, ...) stay out of the
+    # cell's folder name, as they stay out of a checkpoint's identity: a restart with other values finds the cell
+    excluded = list(dict.fromkeys([*EXECUTION_KEYS, *(_override_key(o) for o in fixed)]))
     by_method: dict[str, list[Cell]] = {}
     for cell in cells(spec):
         by_method.setdefault(cell.method, []).append(cell)

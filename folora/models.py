@@ -158,30 +158,33 @@ def tiny_tokenizer(vocab_size: int):
 
     path = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}"
     if not (path / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        from folora.evals.corpora import prose_documents, stdlib_code_documents
-
-        texts = prose_documents()[:200] + stdlib_code_documents()[:50]
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        bpe.train_from_iterator(texts, trainer=trainer)
-        fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                       pad_token="<pad>", unk_token="<|endoftext|>")
-        fast.chat_template = CHATML_TEMPLATE
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        fast.save_pretrained(tmp)
-        try:
-            tmp.rename(path)
-        except OSError:  # another process cached it first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        with cache_lock(path):   # parallel test processes: one trains it, the others load it
+            if not (path / "tokenizer.json").is_file():
+                _train_tiny_tokenizer(vocab_size, path)
     return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def _train_tiny_tokenizer(vocab_size: int, path: Path) -> None:
+    """Train the BPE and publish it at `path` in one rename (called under the cache lock)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from folora.evals.corpora import prose_documents, stdlib_code_documents
+
+    texts = prose_documents()[:200] + stdlib_code_documents()[:50]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<pad>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fast.save_pretrained(tmp)
+    tmp.rename(path)
 
 
 # --- hub ids and local directories ---------------------------------------------------------------------------

@@ -24,9 +24,10 @@ import torch
 from folora.bench.timing import Clock
 from folora.fo_lora.gated_adam import GatedSpectralAdam
 from folora.fo_lora.memory import top_k_for
-from folora.fo_lora.spectral import solve
+from folora.fo_lora.spectral import Basis, solve
 
 HIDDEN, MLP, KV, RANK = 4096, 14336, 1024, 16
+FRACTION, MIN_DIM = 0.25, 4096   # FoLoRA's default top-k rule (conf/method/folora.yaml)
 LAYER = {"q": (HIDDEN, HIDDEN), "k": (KV, HIDDEN), "v": (KV, HIDDEN), "o": (HIDDEN, HIDDEN), "gate": (MLP, HIDDEN),
          "up": (MLP, HIDDEN), "down": (HIDDEN, MLP)}   # (d_out, d_in)
 SHARED = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up", "down": "down"}
@@ -61,13 +62,13 @@ def _peak_gib(device: torch.device) -> float | None:
         return None
 
 
-def solve_costs(widths: list[int], device: torch.device, fraction: float = 0.25, min_dim: int = 4096) -> list[dict]:
+def solve_costs(widths: list[int], device: torch.device) -> list[dict]:
     """Per width: the solve's seconds and peak memory at the default top-k (and the k it kept)."""
     generator, clock, rows = torch.Generator().manual_seed(0), Clock(device), []
     for dim in widths:
         c_p = synthetic_covariance(dim, 1.0, generator, device)
         c_t = synthetic_covariance(dim, 1.5, generator, device)
-        k = top_k_for(dim, "auto", fraction, min(min_dim, dim))
+        k = _kept(dim)
         _peak_reset(device)
         seconds: list[float] = []
         with clock(seconds):
@@ -88,7 +89,7 @@ def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: i
         for name, (d_out, d_in) in shapes.items():
             group = SHARED[name]
             if group not in bases:
-                k = top_k_for(d_in, "auto", 0.25, min(4096, d_in)) or d_in
+                k = _kept(d_in) or d_in
                 v = torch.randn(d_in, k, generator=generator).to(device) / math.sqrt(d_in)
                 bases[group] = _basis(v, generator, device)
             a = torch.nn.Parameter(torch.randn(RANK, d_in, generator=generator).to(device) / math.sqrt(d_in))
@@ -112,9 +113,12 @@ def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: i
             "lora_params": sum(p.numel() for p in params)}
 
 
-def _basis(v: torch.Tensor, generator: torch.Generator, device):
-    from folora.fo_lora.spectral import Basis
+def _kept(dim: int) -> int | None:
+    """The default rule, applied below its width threshold too (reduced-scale widths keep the same fraction)."""
+    return top_k_for(dim, "auto", FRACTION, min(MIN_DIM, dim))
 
+
+def _basis(v: torch.Tensor, generator: torch.Generator, device) -> Basis:
     k = v.shape[1]
     lam = torch.sort(torch.rand(k, generator=generator).to(device) * 10, descending=True).values
     return Basis(V=v, PV=v.clone(), lam=lam, damping=1e-4, lam_rest=0.1 if k < v.shape[0] else None)

@@ -157,7 +157,7 @@ class FoLoRA(PeftLoRAMethod):
                 self._covariances[group.key] = (c_t, c_p)
             solve_seconds[0] += time.perf_counter() - start
 
-        self._covariances: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._covariances = {}
         with ctx.phase("calibration/covariances and solve"):
             counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume,
                                           plan["groups_per_pass"], ctx.precision)
@@ -165,7 +165,7 @@ class FoLoRA(PeftLoRAMethod):
         self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
                                   "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
                                   "damping_max": max(b.damping for b in self.bases.values()), "memory_plan": plan,
-                                  "top_k": {g.key: self._kept(g.dim) for g in groups if self._kept(g.dim)}}
+                                  "top_k": {g.key: k for g in groups if (k := self._kept(g.dim))}}
 
     def calibration_state(self) -> dict:
         return {"bases": {key: _basis_fields(b) for key, b in self.bases.items()}, "member_of": self.member_of,
