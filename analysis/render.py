@@ -1,6 +1,7 @@
 """Render an experiment from its collected runs: tables (markdown, CSV, LaTeX) with a 95% interval per cell, the
 learning-vs-forgetting trade-off plot, learning–forgetting trajectories, the per-item heat map of paired changes,
-each method's forgetting compared with a reference method's at matched target gain, and a README.
+each method's forgetting compared with a reference method's at matched target gain, each variant of a method
+compared with a reference variant paired by seed (ablations), and a README.
 
 Intervals: a cell with several completed seeds gets the t interval of the mean over seeds (seed-to-seed variation:
 training data order, initialization, proxy samples); a cell with one seed shows that run's own paired interval
@@ -119,23 +120,25 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, x: str = "target_gain", y: str = "forgetting"
                   ) -> list[Path]:
-    """x: target gain, y: forgetting (lower is better); one colour per method, error bars = the cells' 95% intervals,
+    """x: target gain, y: forgetting (lower is better); one colour per method (or method and variant), error bars = the cells' 95% intervals,
     each method's knob values joined in knob order (its trade-off curve), the Pareto front (most gain, least
     forgetting) dashed."""
     tasks = sorted(summary.task.unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
-    colours = _colours(summary.method)
+    summary = summary.assign(series=_series(summary))
+    colours = _colours(summary.series)
     for ax, task in zip(axes[0], tasks, strict=True):
         part = summary[(summary.task == task) & summary[f"{x}_mean"].notna() & summary[f"{y}_mean"].notna()]
-        for method, rows in part.groupby("method", sort=True):
-            rows = rows.sort_values("knob_value", key=lambda s: s.map(_sort_key))
+        for series, rows in part.groupby("series", sort=True):
+            if "knob_value" in rows:
+                rows = rows.sort_values("knob_value", key=lambda s: s.map(_sort_key))
             ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=_bars(rows, x), yerr=_bars(rows, y),
-                        fmt="o-" if len(rows) > 1 else "o", color=colours[method], label=method, capsize=3,
+                        fmt="o-" if len(rows) > 1 else "o", color=colours[series], label=series, capsize=3,
                         markersize=6, linewidth=1.2)
             if len(rows) > 1:
                 for _, r in rows.iterrows():
                     ax.annotate(f"{r.knob_value}", (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7, color=colours[method])
+                                xytext=(4, 4), fontsize=7, color=colours[series])
         front = [(gx, -gy) for gx, gy in pareto_front([(a, -b) for a, b in zip(part[f"{x}_mean"], part[f"{y}_mean"],
                                                                                  strict=True)])]
         if len(front) > 1:
@@ -224,7 +227,8 @@ def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
         return []
     tasks = sorted(done.task.unique())
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12.0, 4.6 * len(tasks)), squeeze=False)
-    colours = _colours(done.method)
+    done = done.assign(series=_series(done))
+    colours = _colours(done.series)
     for (ax_kl, ax_bpb), task in zip(axes, tasks, strict=True):
         seen = set()
         for _, run in done[done.task == task].iterrows():
@@ -232,17 +236,18 @@ def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
             if len(points) < 2:
                 continue
             learned = [points[0]["val_loss"] - p["val_loss"] for p in points]
-            label = None if run.method in seen else run.method
-            seen.add(run.method)
-            ax_kl.plot(learned, [p["kl_to_base"] for p in points], "o-", color=colours[run.method], markersize=3,
+            label = None if run.series in seen else run.series
+            seen.add(run.series)
+            colour = colours[run.series]
+            ax_kl.plot(learned, [p["kl_to_base"] for p in points], "o-", color=colour, markersize=3,
                        linewidth=1, alpha=0.8, label=label)
             if all(p.get("bpb") is not None for p in points):
-                ax_bpb.plot(learned, [p["bpb"] - points[0]["bpb"] for p in points], "o-", color=colours[run.method],
+                ax_bpb.plot(learned, [p["bpb"] - points[0]["bpb"] for p in points], "o-", color=colour,
                             markersize=3, linewidth=1, alpha=0.8, label=label)
                 ax_bpb.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["bpb"] - points[0]["bpb"]),
-                                textcoords="offset points", xytext=(4, 0), fontsize=7, color=colours[run.method])
+                                textcoords="offset points", xytext=(4, 0), fontsize=7, color=colour)
             ax_kl.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["kl_to_base"]), textcoords="offset points",
-                           xytext=(4, 0), fontsize=7, color=colours[run.method])
+                           xytext=(4, 0), fontsize=7, color=colour)
         ax_kl.set(xlabel="target validation loss decrease (nats/token)", ylabel="KL(base ‖ tuned), nats/token",
                   title=f"{title}\ntask {task}: KL along training")
         ax_bpb.set(xlabel="target validation loss decrease (nats/token)", ylabel="bits-per-byte increase, held-out text",
@@ -274,6 +279,45 @@ def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "t
             rows.append({"task": task, "method": method, "reference": reference,
                          **_matched(cells, ref_cells, resamples, np.random.default_rng(seed))})
     return pd.DataFrame(rows)
+
+
+def variant_comparison(frame: pd.DataFrame, reference: str, metrics: list[str]) -> pd.DataFrame:
+    """Each variant against the reference variant of the same method, task and knob value, paired by seed: runs of
+    one seed share the training-data order, the initialization and the proxy samples, so `variant − reference` per
+    seed removes the seed-to-seed variation both share. One row per variant: the mean difference of each metric over
+    the seeds both completed, with its 95% t interval (no interval with one common seed)."""
+    done = frame[frame.status == "completed"] if "variant" in frame else frame.iloc[0:0]
+    done = done.assign(knob_label=done.knob_value.map(_knob_label))
+    rows = []
+    for (task, method, knob), part in done.groupby(["task", "method", "knob_label"], sort=True):
+        ref = part[part.variant == reference].drop_duplicates("seed").set_index("seed")
+        if ref.empty:
+            continue
+        for variant in sorted(set(part.variant.dropna()) - {reference}):
+            mine = part[part.variant == variant].drop_duplicates("seed").set_index("seed")
+            seeds = sorted(set(ref.index) & set(mine.index))
+            row = {"task": task, "method": method, "knob_value": knob, "variant": variant, "reference": reference,
+                   "seeds": ",".join(str(s) for s in seeds)}
+            for metric in metrics:
+                differences = (pd.to_numeric(mine.loc[seeds, metric], errors="coerce")
+                               - pd.to_numeric(ref.loc[seeds, metric], errors="coerce")).dropna()
+                low, high = t_interval(differences) if len(differences) > 1 else (math.nan, math.nan)
+                row |= {f"{metric}_difference": differences.mean() if len(differences) else math.nan,
+                        f"{metric}_low": low, f"{metric}_high": high}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _variant_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
+    reference = comparison.reference.iloc[0]
+    lines = [f"Each variant − `{reference}`, paired by seed (mean difference over the seeds both completed, 95% t "
+             f"interval; `*`: the interval excludes zero):", ""]
+    table = comparison[["task", "method", "variant", "seeds"]].copy()
+    for metric in metrics:
+        table[metric] = [_ci(metric, m, lo, hi, "seeds") for m, lo, hi in
+                         zip(comparison[f"{metric}_difference"], comparison[f"{metric}_low"],
+                             comparison[f"{metric}_high"], strict=True)]
+    return lines + [table.to_markdown(index=False), ""]
 
 
 def _cells(runs: pd.DataFrame, x: str, y: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -320,9 +364,19 @@ def _matched(cells, ref_cells, resamples: int, rng) -> dict:
 
 
 def _row_labels(part: pd.DataFrame) -> list[str]:
-    """`method`, or `method @knob` where a method appears at several knob values."""
-    several = part.groupby("method").knob_value.nunique()
-    return [m if several[m] <= 1 else f"{m} @{_knob_label(v)}" for m, v in zip(part.method, part.knob_value, strict=True)]
+    """`method` (or `method [variant]`), with ` @knob` where it appears at several knob values."""
+    series = _series(part)
+    several = part.assign(series=series).groupby("series").knob_value.nunique()
+    return [s if several[s] <= 1 else f"{s} @{_knob_label(v)}" for s, v in zip(series, part.knob_value, strict=True)]
+
+
+def _series(part: pd.DataFrame) -> pd.Series:
+    """What a curve, a colour or a heat-map row stands for: the method, or `method [variant]` in a grid of variants."""
+    if "variant" not in part:
+        return part["method"].astype(str)
+    return pd.Series([str(m) if not isinstance(v, str) else f"{m} [{v}]" for m, v in zip(part.method, part.variant,
+                                                                                       strict=True)],
+                     index=part.index, dtype=object)
 
 
 def _sort_key(value):
@@ -332,9 +386,10 @@ def _sort_key(value):
         return (1, 0.0, str(value))
 
 
-def _colours(methods: pd.Series) -> dict[str, tuple]:
-    palette = plt.get_cmap("tab10")
-    return {m: palette(i % 10) for i, m in enumerate(sorted(methods.unique()))}
+def _colours(series: pd.Series) -> dict[str, tuple]:
+    names = sorted(series.unique())
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {m: palette(i % palette.N) for i, m in enumerate(names)}
 
 
 def _save(fig, stem: Path) -> list[Path]:
@@ -372,6 +427,12 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
         if not matched.empty:
             matched.to_csv(out / "matched.csv", index=False)
             written["matched"] = matched
+    reference_variant = render.get("reference_variant")
+    if reference_variant and not frame.empty:
+        comparison = variant_comparison(frame, reference_variant, metrics)
+        if not comparison.empty:
+            comparison.to_csv(out / "variants.csv", index=False)
+            written["variants"] = comparison
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     (out / "README.md").write_text(_readme(spec, shown, provenance, written))
     return written
@@ -398,11 +459,14 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
              shown.to_markdown(index=False), ""]
     if provenance["not_completed"]:
         lines += ["Cells not completed:", ""]
-        lines += [f"- {c['task']} / {c['method']} {c['knob']}={c['value'] if c['value'] is not None else 'default'} "
-                  f"seed {c['seed']}: {c['status']}" for c in provenance["not_completed"]]
+        lines += [f"- {c['task']} / {c['method']}" + (f" [{c['variant']}]" if c.get("variant") else "")
+                  + f" {c['knob']}={c['value'] if c['value'] is not None else 'default'} seed {c['seed']}: {c['status']}"
+                  for c in provenance["not_completed"]]
         lines.append("")
     if "matched" in written:
         lines += _matched_lines(written["matched"])
+    if "variants" in written:
+        lines += _variant_lines(written["variants"], list(spec.render.metrics))
     for kind in ("tradeoff", "trajectories", "change_heatmap"):
         if written.get(kind):
             lines += [f"![{kind}]({written[kind][0].name})", ""]
@@ -410,5 +474,5 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
               "the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
               "bits-per-byte increase on held-out text (lower is better), `preservation` the mean normalized change "
               "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
-              "run, `matched.csv` the matched-gain comparison, `provenance.json` the sweep commands and wall times.", ""]
+              "run, `matched.csv` the matched-gain comparison, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
     return "\n".join(lines)

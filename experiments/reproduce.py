@@ -7,7 +7,7 @@
     python -m experiments.reproduce smoke grid.seeds=[0,1]      # any key of the experiment file, overridden
 
 An experiment is one YAML file in this folder: its grid (model, eval suite, tasks, methods with knob values, seeds,
-fixed overrides) and its rendering. Tasks and methods may be named by selector (`embedded`, `hub`, `all`), so a
+fixed overrides, and optionally named variants: override sets, e.g. an ablation's switches) and its rendering. Tasks and methods may be named by selector (`embedded`, `hub`, `all`), so a
 new task or method config is picked up without code changes. Each method is one `python -m folora.run -m` sweep
 over tasks x seeds x its knob values; runs land in `results/<experiment>/runs/`, in a folder named by the grid's
 fixed settings, one subfolder per cell (results.json, outcomes, config and log are committed with the tables; the
@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from analysis import render
@@ -50,13 +51,15 @@ class ExperimentError(Exception):
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid: a task, a method at one knob value (None: the method's default), a seed."""
+    """One run of the grid: a task, a method at one knob value (None: the method's default), a seed, and the
+    variant of the method (None where the grid has no variants)."""
 
     task: str
     method: str
     knob: str
     value: object
     seed: int
+    variant: str | None = None
 
 
 def available(group: str) -> dict[str, DictConfig]:
@@ -104,13 +107,50 @@ def resolve_methods(selector) -> dict[str, list | None]:
     return {m: (list(v) if v is not None else None) for m, v in methods.items()}
 
 
+def resolve_variants(grid: DictConfig) -> dict[str | None, list[str]]:
+    """`grid.variants`: {name: [run overrides]}, each a variant of every method of the grid (an ablation switches one
+    thing off or swaps it); without it, one unnamed variant with no overrides."""
+    variants = grid.get("variants")
+    if not variants:
+        return {None: []}
+    out = {}
+    for name, overrides in variants.items():
+        if not str(name).isidentifier():
+            raise ExperimentError(f"Variant name {name!r} must be a plain identifier (letters, digits, _): it becomes "
+                                  f"part of the run folder's name.")
+        if overrides is not None and (isinstance(overrides, str) or not all("=" in str(o) for o in overrides)):
+            raise ExperimentError(f"Variant {name!r}: give a list of key=value overrides, e.g. [method.gate_b=false], "
+                                  f"or [] for the method as configured; got {overrides!r}.")
+        out[str(name)] = [str(o) for o in overrides or []]
+    return out
+
+
+def check_variants(methods: list[str], variants: dict[str | None, list[str]]) -> None:
+    """Compose every (method, variant) before anything runs, so a misspelt key stops the grid with its name."""
+    from hydra import compose, initialize_config_dir
+
+    for method, (name, overrides) in itertools.product(methods, variants.items()):
+        if not overrides:
+            continue
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                compose(config_name="config", overrides=[f"method={method}", *overrides])
+        except Exception as error:  # noqa: BLE001 - Hydra's messages name the key; ours names the variant
+            raise ExperimentError(f"Variant {name!r} of method {method!r} does not compose: "
+                                  f"{str(error).splitlines()[0]}") from error
+
+
 def cells(spec: DictConfig) -> list[Cell]:
     grid = spec.grid
     knobs = {name: str(cfg.knob) for name, cfg in available("method").items()}
+    methods = resolve_methods(grid.methods)
+    variants = resolve_variants(grid)
+    check_variants(list(methods), variants)
     out = []
-    for method, values in resolve_methods(grid.methods).items():
-        for task, value, seed in itertools.product(resolve_tasks(grid.tasks), values or [None], grid.seeds):
-            out.append(Cell(task, method, knobs[method], value, int(seed)))
+    for method, values in methods.items():
+        for variant, task, value, seed in itertools.product(variants, resolve_tasks(grid.tasks), values or [None],
+                                                            grid.seeds):
+            out.append(Cell(task, method, knobs[method], value, int(seed), variant))
     return out
 
 
@@ -126,24 +166,29 @@ def _override_key(override: str) -> str:
 
 
 def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str] = ()) -> list[list[str]]:
-    """One `python -m folora.run -m` command per method: tasks x seeds x the method's knob values. `launch`:
-    Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a run computes."""
+    """One `python -m folora.run -m` command per method and variant: tasks x seeds x the method's knob values.
+    A variant's overrides and its name (`variant=<name>`, recorded in results.json) become part of each cell's folder
+    name. `launch`: Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a
+    run computes."""
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
     # keys that change how a run executes, not what it computes (threads, checkpoint interval, ...) stay out of the
     # cell's folder name, as they stay out of a checkpoint's identity: a restart with other values finds the cell
     excluded = list(dict.fromkeys([*EXECUTION_KEYS, *(_override_key(o) for o in fixed)]))
-    by_method: dict[str, list[Cell]] = {}
+    variants = resolve_variants(grid)
+    by_sweep: dict[tuple[str, str | None], list[Cell]] = {}
     for cell in cells(spec):
-        by_method.setdefault(cell.method, []).append(cell)
+        by_sweep.setdefault((cell.method, cell.variant), []).append(cell)
     commands = []
-    for method, group in by_method.items():
+    for (method, variant), group in by_sweep.items():
         tasks = ",".join(dict.fromkeys(c.task for c in group))
         seeds = ",".join(dict.fromkeys(str(c.seed) for c in group))
         values = list(dict.fromkeys(c.value for c in group if c.value is not None))
         knob = [f"{group[0].knob}={','.join(str(v) for v in values)}"] if values else []
         commands.append([sys.executable, "-m", "folora.run", "-m", f"experiment={spec.name}", *fixed,
-                         f"task={tasks}", f"method={method}", f"seed={seeds}", *knob, "skip_completed=true",
+                         f"task={tasks}", f"method={method}", f"seed={seeds}", *knob,
+                         *([f"variant={variant}", *variants[variant]] if variant is not None else []),
+                         "skip_completed=true",
                          f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:job.override_dirname}",
                          f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]",
                          *LAUNCHERS[launcher], *launch])
@@ -163,13 +208,13 @@ def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
     """Run each sweep; a sweep with a failed run exits non-zero after its other runs completed."""
     seconds = {}
     for command in commands:
-        method = next(a for a in command if a.startswith("method=")).split("=", 1)[1]
-        print(f"\n[reproduce] {method}: {shlex.join(command[1:])}", flush=True)
+        sweep = " ".join(a.split("=", 1)[1] for a in command if a.startswith(("method=", "variant=")))
+        print(f"\n[reproduce] {sweep}: {shlex.join(command[1:])}", flush=True)
         start = time.perf_counter()
         process = subprocess.run(command, cwd=REPO)
-        seconds[method] = round(time.perf_counter() - start, 1)
+        seconds[sweep] = round(time.perf_counter() - start, 1)
         if process.returncode != 0:
-            print(f"[reproduce] {method}: the sweep reported a failed run (exit {process.returncode}); "
+            print(f"[reproduce] {sweep}: the sweep reported a failed run (exit {process.returncode}); "
                   f"its other runs are complete", flush=True)
     return seconds
 
@@ -186,6 +231,8 @@ def cell_status(frame, cell: Cell) -> str:
     if frame.empty:
         return "missing"
     match = frame[(frame.task == cell.task) & (frame.method == cell.method) & (frame.seed == cell.seed)]
+    variants = match["variant"] if "variant" in match else pd.Series([None] * len(match), index=match.index)
+    match = match[[(v if isinstance(v, str) else None) == cell.variant for v in variants]]
     if cell.value is not None:
         match = match[[_same_value(v, cell.value) for v in match.knob_value]]
     if match.empty:
@@ -249,7 +296,8 @@ def _counts(statuses: dict) -> dict[str, int]:
 
 
 def _describe(cell: Cell) -> dict:
-    return {"task": cell.task, "method": cell.method, "knob": cell.knob, "value": cell.value, "seed": cell.seed}
+    return {"task": cell.task, "method": cell.method, "knob": cell.knob, "value": cell.value, "seed": cell.seed,
+            **({"variant": cell.variant} if cell.variant is not None else {})}
 
 
 def _command_line(args) -> str:

@@ -131,7 +131,7 @@ def grouping_keys(cfg: DictConfig) -> dict:
     knob = str(cfg.method.get("knob", ""))
     return {"method_name": cfg.method.name, "knob": knob, "knob_value": OmegaConf.select(cfg, knob) if knob else None,
             "task_name": cfg.task.name, "model_name": cfg.model.name, "eval_suite": cfg.eval.name,
-            "seed": int(cfg.seed), "experiment": cfg.experiment}
+            "seed": int(cfg.seed), "experiment": cfg.experiment, "variant": cfg.get("variant")}
 
 
 def build_method(cfg: DictConfig) -> Method:

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from analysis.render import matched_comparison, pareto_front, summarize
+from analysis.render import matched_comparison, pareto_front, summarize, variant_comparison
 from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, parallel_jobs, sweep_commands
 from experiments.reproduce import main as reproduce_main
 from tests.conftest import REPO
@@ -221,3 +221,44 @@ def test_wandb_rows_read_config_and_summary():
     row = wandb_rows([Run()]).iloc[0]
     assert row.knob_value == 5e-4 and row["final:capitals"] == 0.8 and row.forgetting == 0.03
     assert (row.target_gain_low, row.target_gain_high) == (0.02, 0.2) and row.preservation == -0.01
+
+
+def test_ablation_variants_are_override_sets_run_at_every_seed(tmp_path):
+    spec = load_experiment("ablations", [])
+    grid = cells(spec)
+    variants = dict(spec.grid.variants)
+    assert {c.variant for c in grid} == set(variants) and {c.method for c in grid} == {"folora"}
+    assert len(grid) == len(variants) * 3
+    commands = {next(a for a in c if a.startswith("variant=")).split("=")[1]: c
+                for c in sweep_commands(spec, tmp_path, "basic")}
+    assert set(commands) == set(variants)
+    assert "method.gate_b=false" in commands["a_only"] and "method.gate_b=false" not in commands["full"]
+    # what a run of the variant composes: the label and the switch
+    overrides = [a for a in commands["a_only"] if a.startswith(("method=", "variant=", "method."))]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    assert cfg.variant == "a_only" and cfg.method.gate_b is False and cfg.method.gate_a is True
+
+
+def test_a_misspelt_variant_stops_before_anything_runs():
+    with pytest.raises(ExperimentError, match="Variant 'typo' of method 'folora' does not compose"):
+        cells(load_experiment("ablations", ["grid.variants={full: [], typo: [method.gate_c=false]}"]))
+    with pytest.raises(ExperimentError, match="key=value overrides"):
+        cells(load_experiment("ablations", ["grid.variants={full: method.gate_b}"]))
+
+
+def test_variants_are_compared_with_the_reference_paired_by_seed():
+    rows = []
+    for seed, (full, hard) in enumerate([(0.010, 0.014), (0.020, 0.025), (0.015, 0.018)]):
+        rows += [{"task": "math", "method": "folora", "knob_value": 1.0, "seed": seed, "status": "completed",
+                  "variant": variant, "forgetting": value, "target_gain": 0.1}
+                 for variant, value in (("full", full), ("gate_hard", hard))]
+    rows.append({"task": "math", "method": "folora", "knob_value": 1.0, "seed": 3, "status": "completed",
+                 "variant": "gate_hard", "forgetting": 0.5, "target_gain": 0.1})   # no reference at seed 3: unpaired
+    comparison = variant_comparison(pd.DataFrame(rows), "full", ["forgetting", "target_gain"]).iloc[0]
+    differences = [0.004, 0.005, 0.003]
+    reference = stats.t.interval(0.95, 2, loc=0.004, scale=stats.sem(differences))
+    assert comparison.variant == "gate_hard" and comparison.seeds == "0,1,2"
+    assert comparison.forgetting_difference == pytest.approx(0.004)
+    assert (comparison.forgetting_low, comparison.forgetting_high) == pytest.approx(reference)
+    assert comparison.target_gain_difference == pytest.approx(0.0)
