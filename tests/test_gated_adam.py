@@ -98,6 +98,29 @@ def test_large_kappa_freezes_low_lambda_directions():
     assert torch.all(hard[2:] == 0) and torch.all(hard[:2] > 0)
 
 
+def test_top_k_left_out_directions_move_by_the_mean_of_their_own_gates():
+    """V = I with 4 kept directions and 6 left out (λ = 0, 0, 3, 3, 0, 0; κ = 1: gates 0, 0, ¾, ¾, 0, 0). Adam's first
+    step is ±lr per entry, so each left-out column moves by lr · mean gate = lr / 4 (not lr · g(mean λ) = lr / 2),
+    each kept column by lr · g(λ_j); the reported mean gate is that of all ten directions."""
+    lam, rest = [9.0, 3.0, 1.0, 1 / 3], [0.0, 0.0, 3.0, 3.0, 0.0, 0.0]
+    v = torch.eye(D_IN, dtype=torch.float64)
+    basis = Basis(V=v[:, :4], PV=v[:, :4].clone(), lam=torch.tensor(lam, dtype=torch.float64), damping=0.0,
+                  lam_rest=torch.tensor(rest, dtype=torch.float64))
+    x, y = data()
+    a, b = make_pair()
+    start = a.detach().clone()
+    opt = GatedSpectralAdam([(a, b, basis)], lr=1e-2, eps=1e-12, kappa=1.0, gate_b=False)
+    opt.zero_grad()
+    regression_loss(a, b, x, y).backward()
+    opt.step()
+    moved = (a.detach() - start).abs()
+    torch.testing.assert_close(moved[:, 4:], torch.full((R, 6), 1e-2 / 4, dtype=torch.float64))
+    torch.testing.assert_close(moved[:, :4], 1e-2 * gate(torch.tensor(lam, dtype=torch.float64), "rational", 1.0)
+                               .expand(R, 4))
+    every = gate(torch.tensor(lam + rest, dtype=torch.float64), "rational", 1.0)
+    assert opt.statistics([1.0])["gate_a_mean"] == pytest.approx(float(every.mean()))
+
+
 def test_gate_shapes():
     lam = torch.tensor([0.0, 0.5, 1.0, 4.0])
     torch.testing.assert_close(gate(lam, "rational", 1.0), torch.tensor([0.0, 1 / 3, 0.5, 0.8]))

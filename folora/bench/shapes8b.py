@@ -74,7 +74,7 @@ def solve_costs(widths: list[int], device: torch.device) -> list[dict]:
         with clock(seconds):
             basis = solve(c_t, c_p, top_k=k)
         rows.append({"width": dim, "top_k": basis.k, "solve_s": seconds[0], "peak_gib": _peak_gib(device),
-                     "lambda_max": float(basis.lam[0]), "lambda_rest": basis.lam_rest})
+                     "lambda_max": float(basis.lam[0]), "lambda_rest_mean": float(basis.lam_rest.mean()) if basis.lam_rest is not None else None})
         del c_p, c_t, basis
     return rows
 
@@ -121,7 +121,8 @@ def _kept(dim: int) -> int | None:
 def _basis(v: torch.Tensor, generator: torch.Generator, device) -> Basis:
     k = v.shape[1]
     lam = torch.sort(torch.rand(k, generator=generator).to(device) * 10, descending=True).values
-    return Basis(V=v, PV=v.clone(), lam=lam, damping=1e-4, lam_rest=0.1 if k < v.shape[0] else None)
+    rest = torch.full((v.shape[0] - k,), 0.1, device=device) if k < v.shape[0] else None
+    return Basis(V=v, PV=v.clone(), lam=lam, damping=1e-4, lam_rest=rest)
 
 
 def shapes_8b(device: torch.device, widths: list[int], layers: int, scale: float) -> dict:

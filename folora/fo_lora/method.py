@@ -225,7 +225,7 @@ class FoLoRA(PeftLoRAMethod):
         """Recompute V from the EMA of task activations; map A's moments to the new coordinates."""
         for key, c_t in self._refresher.covariances().items():
             old = self.bases[key]
-            new = solve(c_t, self._covariances[key][1], damping=self.damping, top_k=old.k if old.lam_rest else None)
+            new = solve(c_t, self._covariances[key][1], damping=self.damping, top_k=old.k if old.lam_rest is not None else None)
             transform = (old.PV.T @ new.V).to(old.V.dtype)  # Z_new = Z_old · PV_oldᵀ V_new
             for group in self._optimizer.param_groups:
                 if group["V"] is old.V:

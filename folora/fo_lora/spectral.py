@@ -21,14 +21,15 @@ class Basis:
     """The solution for one input group, eigenvalues descending.
 
     V: d × k with Vᵀ (C_p + εI) V = I; PV = (C_p + εI) V, so that Z = A · PV are A's spectral coordinates;
-    lam: the k eigenvalues; lam_rest: mean eigenvalue of the d − k directions left out (top-k mode), else None.
+    lam: the k eigenvalues; lam_rest: the eigenvalues of the d − k directions left out (top-k mode; d − k numbers, kept
+    so that the left-out directions' gate is the mean of their own gates), else None.
     """
 
     V: torch.Tensor
     PV: torch.Tensor
     lam: torch.Tensor
     damping: float
-    lam_rest: float | None = None
+    lam_rest: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -70,7 +71,7 @@ def solve(c_t: torch.Tensor, c_p: torch.Tensor, damping: float = 1e-4, top_k: in
     v = torch.linalg.solve_triangular(chol.T, u, upper=True)   # V = L⁻ᵀ U
     lam_rest = None
     if top_k is not None and top_k < v.shape[1]:
-        lam_rest = float(lam[top_k:].mean())
+        lam_rest = lam[top_k:].clamp_min(0).to(dtype)
         lam, v = lam[:top_k], v[:, :top_k]
     pv = damped @ v
     return Basis(V=v.to(dtype), PV=pv.to(dtype), lam=lam.clamp_min(0).to(dtype), damping=damping, lam_rest=lam_rest)
