@@ -121,6 +121,25 @@ def test_top_k_left_out_directions_move_by_the_mean_of_their_own_gates():
     assert opt.statistics([1.0])["gate_a_mean"] == pytest.approx(float(every.mean()))
 
 
+def test_a_basis_stored_in_bf16_steps_in_fp32_close_to_the_fp32_basis():
+    x, y = data()
+    basis = solve(covariance(x[:, :D_IN]) + 0.1 * torch.eye(D_IN, dtype=torch.float64), covariance(x), dtype=torch.float32)
+    half = Basis(V=basis.V.bfloat16(), PV=basis.PV.bfloat16(), lam=basis.lam, damping=basis.damping)
+    runs = []
+    for b_ in (basis, half):
+        a, b = (p.detach().float().requires_grad_() for p in make_pair())
+        opt = GatedSpectralAdam([(a, b, b_)], lr=1e-2, kappa=1.0)
+        for _ in range(5):
+            opt.zero_grad()
+            regression_loss(a, b, x.float(), y.float()).backward()
+            opt.step()
+        state = opt.state[a]
+        assert state["z_exp_avg"].dtype == state["z_exp_avg_sq"].dtype == torch.float32   # moments stay fp32
+        runs.append((a.detach(), b.detach(), opt.statistics([1.0])))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=2e-3)
+    assert runs[1][2]["gate_a_mean"] == runs[0][2]["gate_a_mean"]     # the gates come from λ, kept in fp32
+
+
 def test_gate_shapes():
     lam = torch.tensor([0.0, 0.5, 1.0, 4.0])
     torch.testing.assert_close(gate(lam, "rational", 1.0), torch.tensor([0.0, 1 / 3, 0.5, 0.8]))

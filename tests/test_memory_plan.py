@@ -93,3 +93,29 @@ def test_a_plan_larger_than_the_device_stops_before_calibration(tmp_path, monkey
 def test_bad_top_k_and_pass_values_are_refused(value):
     with pytest.raises(FoloraError, match="method.top_k"):
         build_method(composed("method=folora", f"method.top_k={value}").method)
+
+
+def test_bf16_bases_halve_the_bases_and_are_widened_one_group_at_a_time():
+    groups = llama_8b_groups()
+    k = kept(groups)
+    fp32 = memory_plan(groups, 16, k, model_bytes=BF16_8B_MODEL, groups_per_pass=None, refresh=False)
+    bf16 = memory_plan(groups, 16, k, model_bytes=BF16_8B_MODEL, groups_per_pass=None, refresh=False, basis_bytes=2)
+    eigenvalues = LAYERS * (3 * HIDDEN + MLP) * 4 / GIB
+    assert bf16["bases"] - eigenvalues == pytest.approx((fp32["bases"] - eigenvalues) / 2, rel=1e-5)
+    assert bf16["transient_basis"] == round(2 * MLP * 3584 * 4 / GIB, 6) and fp32["transient_basis"] == 0
+
+
+def test_bf16_bases_are_stored_in_bf16_with_fp32_eigenvalues(tmp_path):
+    full = _prepare(tmp_path)
+    half = _prepare(tmp_path, "method.basis_dtype=bf16")
+    for key, basis in half.bases.items():
+        assert basis.V.dtype == basis.PV.dtype == torch.bfloat16 and basis.lam.dtype == torch.float32
+        torch.testing.assert_close(basis.lam, full.bases[key].lam)                  # the same gates
+        torch.testing.assert_close(basis.V.float(), full.bases[key].V, rtol=1e-2, atol=1e-2)
+    plans = [m.summary()["calibration"]["memory_plan"] for m in (full, half)]
+    assert plans[1]["bases"] < plans[0]["bases"]
+
+
+def test_an_unknown_basis_dtype_is_refused():
+    with pytest.raises(FoloraError, match="method.basis_dtype='fp16' must be one of fp32, bf16"):
+        build_method(composed("method=folora", "method.basis_dtype=fp16").method)

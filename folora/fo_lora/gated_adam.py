@@ -41,6 +41,12 @@ def gate(lam: torch.Tensor, kind: str, kappa: float, tau: float = 1.0) -> torch.
     raise ValueError(f"gate {kind!r} is not one of {GATES}")
 
 
+def _computing(basis_matrix: torch.Tensor) -> torch.Tensor:
+    """A basis stored in bf16 (`method.basis_dtype=bf16`) takes part in products in fp32: only its storage is halved;
+    the gradients, Adam's moments and the steps stay fp32."""
+    return basis_matrix.float() if basis_matrix.dtype in (torch.bfloat16, torch.float16) else basis_matrix
+
+
 def _sharing_a_basis(groups: list[dict]) -> list[list[dict]]:
     """The groups partitioned by the basis they use (layers that share an input share one), in first-seen order."""
     shared: dict[int, list[dict]] = {}
@@ -156,7 +162,8 @@ class GatedSpectralAdam(torch.optim.Optimizer):
     def _a_side(self, groups: list[dict]) -> None:
         """A's gated step for the pairs of `groups`, which share one basis: their gradients are stacked by rows so
         that each product with V (or PV) is one matrix product."""
-        V, PV, lam, lam_rest = groups[0]["V"], groups[0]["PV"], groups[0]["lam"], groups[0]["lam_rest"]
+        V, PV = _computing(groups[0]["V"]), _computing(groups[0]["PV"])
+        lam, lam_rest = groups[0]["lam"], groups[0]["lam_rest"]
         states = [self._begin(g["params"][0], g) for g in groups]
         rows = _row_slices([g["params"][0] for g in groups])
         grad = torch.cat([g["params"][0].grad.to(V.dtype) for g in groups])
@@ -181,7 +188,8 @@ class GatedSpectralAdam(torch.optim.Optimizer):
             return {}
         z = []
         for shared in _sharing_a_basis(groups):   # Z = A · PV, one product per basis
-            stacked = torch.cat([g["params"][0].detach().to(shared[0]["PV"].dtype) for g in shared]) @ shared[0]["PV"]
+            pv = _computing(shared[0]["PV"])
+            stacked = torch.cat([g["params"][0].detach().to(pv.dtype) for g in shared]) @ pv
             z += list(stacked.double().split([g["params"][0].shape[0] for g in shared]))
         ordered = [g for shared in _sharing_a_basis(groups) for g in shared]
         out = {}
@@ -228,7 +236,8 @@ class GatedSpectralAdam(torch.optim.Optimizer):
             if group["V"] is None:
                 continue
             a, b = group["params"]
-            z = a.detach().to(group["PV"].dtype) @ group["PV"]
+            pv = _computing(group["PV"])
+            z = a.detach().to(pv.dtype) @ pv
             bz = b.detach().to(z.dtype) @ z
             penalty += s * s * float((bz * bz).sum())
             utility += s * s * float((bz * bz * group["lam"]).sum())

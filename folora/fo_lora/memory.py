@@ -39,13 +39,14 @@ def top_k_for(dim: int, top_k, fraction: float, min_dim: int) -> int | None:
 
 
 def memory_plan(groups: list[tuple[int, list[tuple[int, int]]]], rank: int, kept: list[int | None], *,
-                model_bytes: int, groups_per_pass: int | None, refresh: bool) -> dict:
+                model_bytes: int, groups_per_pass: int | None, refresh: bool, basis_bytes: int = FP32) -> dict:
     """Bytes FoLoRA holds, from `groups`: per input group (d_in, [(d_out, d_in) of each member layer]), and `kept`,
-    the directions each group keeps (None: all). Figures in GiB."""
+    the directions each group keeps (None: all); `basis_bytes` per element of V and PV (4: fp32, 2: bf16). During a
+    step a bf16 basis is widened to fp32 one group at a time (`transient_basis`). Figures in GiB."""
     bases = adapters = moments = 0
     for (dim, members), k in zip(groups, kept, strict=True):
         k = k or dim
-        bases += 2 * dim * k * FP32 + k * FP32                         # V, PV, λ
+        bases += 2 * dim * k * basis_bytes + dim * FP32                # V, PV, the eigenvalues
         for d_out, d_in in members:
             adapters += 2 * rank * (d_in + d_out) * FP32                # A, B and their gradients
             moments += 2 * rank * k * FP32 + 2 * d_out * rank * FP32    # A's moments in Z, B's moments
@@ -57,20 +58,23 @@ def memory_plan(groups: list[tuple[int, list[tuple[int, int]]]], rank: int, kept
     solve = SOLVE_WORKSPACE_MATRICES * max(widths) ** 2 * FP64
     kept_covariances = sum(3 * d * d * FP32 for d in widths) if refresh else 0   # C_t, C_p and the running C_t
     calibration_peak = model_bytes + bases + covariance_pass + solve + kept_covariances
-    training = model_bytes + bases + adapters + moments + kept_covariances
-    plan = {"model": model_bytes, "bases": bases, "adapters_and_gradients": adapters, "optimizer_moments": moments,
+    transient = 2 * max(d * (k or d) for (d, _), k in zip(groups, kept, strict=True)) * FP32 if basis_bytes < FP32 else 0
+    training = model_bytes + bases + adapters + moments + kept_covariances + transient
+    plan = {"model": model_bytes, "bases": bases, "transient_basis": transient, "adapters_and_gradients": adapters,
+            "optimizer_moments": moments,
             "kept_covariances": kept_covariances, "covariances_one_pass": covariance_pass, "solve_workspace": solve,
             "calibration_peak": calibration_peak, "training": training, "peak": max(calibration_peak, training)}
     return {name: round(value / GIB, 6) for name, value in plan.items()} | {"unit": "GiB", "activations": "not counted"}
 
 
 def groups_per_pass_that_fit(groups, rank: int, kept: list[int | None], *, model_bytes: int, refresh: bool,
-                             available: float | None, headroom: float = 0.8) -> int | None:
+                             available: float | None, headroom: float = 0.8, basis_bytes: int = FP32) -> int | None:
     """`calibration.groups_per_pass=auto`: every group in one pass when that fits in `headroom` of the device's
     memory (None), else the most groups of the widest width whose covariances fit beside everything else."""
     if available is None:
         return None
-    everything = memory_plan(groups, rank, kept, model_bytes=model_bytes, groups_per_pass=None, refresh=refresh)
+    everything = memory_plan(groups, rank, kept, model_bytes=model_bytes, groups_per_pass=None, refresh=refresh,
+                             basis_bytes=basis_bytes)
     budget = headroom * available
     if everything["peak"] <= budget:
         return None
@@ -105,5 +109,5 @@ def check_fits(plan: dict, available: float | None, *, widest: int, top_k) -> No
         f"{plan['kept_covariances']:.1f}; activations not counted). The widest input group is {widest}; "
         f"method.top_k={top_k}. To shrink it: keep fewer directions of wide groups (method.top_k=auto with "
         f"method.top_k_fraction=0.1, or method.top_k=512, with method.top_k_min_dim at or below {widest}), "
-        f"accumulate fewer groups at once (method.calibration.groups_per_pass=1), or turn off basis refresh "
+        f"store the bases in bf16 (method.basis_dtype=bf16), accumulate fewer groups at once (method.calibration.groups_per_pass=1), or turn off basis refresh "
         f"(method.refresh_every=0).")

@@ -56,11 +56,14 @@ class CovarianceCalibration:
                 f"(all groups in one pass).")
 
 
+BASIS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 class FoLoRA(PeftLoRAMethod):
     def __init__(self, name: str = "folora", knob: str = "method.kappa", *, kappa: float = 1.0, gate: str = "rational",
                  tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, a_init: str = "kaiming",
                  damping: float = 1e-4, top_k: int | str | None = "auto", top_k_fraction: float = 0.25,
-                 top_k_min_dim: int = 4096, b_damping: float = 1e-6,
+                 top_k_min_dim: int = 4096, b_damping: float = 1e-6, basis_dtype: str = "fp32",
                  refresh_every: int = 0, refresh_ema: float = 0.9, proxy: dict | None = None,
                  calibration: dict | None = None, **lora_options):
         super().__init__(name, knob, **lora_options)
@@ -77,6 +80,9 @@ class FoLoRA(PeftLoRAMethod):
         require(0 < top_k_fraction <= 1, f"method.top_k_fraction={top_k_fraction} must be in (0, 1].")
         self.top_k, self.top_k_fraction, self.top_k_min_dim = top_k, float(top_k_fraction), int(top_k_min_dim)
         self.refresh_every, self.refresh_ema = int(refresh_every), float(refresh_ema)
+        require(basis_dtype in BASIS_DTYPES, f"method.basis_dtype={basis_dtype!r} must be one of "
+                                              f"{', '.join(BASIS_DTYPES)} (how V and PV are stored).")
+        self.basis_dtype = BASIS_DTYPES[basis_dtype]
         require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
         require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
         self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig)
@@ -123,12 +129,14 @@ class FoLoRA(PeftLoRAMethod):
         shapes = [(g.dim, [(modules[n].out_features, modules[n].in_features) for n in g.members]) for g in groups]
         model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         kept, available = [self._kept(g.dim) for g in groups], device_memory(device)
+        basis_bytes = torch.finfo(self.basis_dtype).bits // 8
         per_pass = self.calibration.groups_per_pass
         if per_pass == "auto":
             per_pass = groups_per_pass_that_fit(shapes, self.lora_config.r, kept, model_bytes=model_bytes,
-                                                refresh=bool(self.refresh_every), available=available)
+                                                refresh=bool(self.refresh_every), available=available,
+                                                basis_bytes=basis_bytes)
         plan = memory_plan(shapes, self.lora_config.r, kept, model_bytes=model_bytes, groups_per_pass=per_pass,
-                           refresh=bool(self.refresh_every))
+                           refresh=bool(self.refresh_every), basis_bytes=basis_bytes)
         check_fits(plan, available, widest=max(g.dim for g in groups), top_k=self.top_k)
         return plan | {"groups_per_pass": per_pass or len(groups), "device_gib": available}
 
@@ -152,7 +160,7 @@ class FoLoRA(PeftLoRAMethod):
 
         def consume(group: InputGroup, c_t: torch.Tensor, c_p: torch.Tensor) -> None:
             start = time.perf_counter()
-            self.bases[group.key] = solve(c_t, c_p, damping=self.damping, top_k=self._kept(group.dim))
+            self.bases[group.key] = self._stored(solve(c_t, c_p, damping=self.damping, top_k=self._kept(group.dim)))
             if self.refresh_every:
                 self._covariances[group.key] = (c_t, c_p)
             solve_seconds[0] += time.perf_counter() - start
@@ -225,8 +233,9 @@ class FoLoRA(PeftLoRAMethod):
         """Recompute V from the EMA of task activations; map A's moments to the new coordinates."""
         for key, c_t in self._refresher.covariances().items():
             old = self.bases[key]
-            new = solve(c_t, self._covariances[key][1], damping=self.damping, top_k=old.k if old.lam_rest is not None else None)
-            transform = (old.PV.T @ new.V).to(old.V.dtype)  # Z_new = Z_old · PV_oldᵀ V_new
+            new = self._stored(solve(c_t, self._covariances[key][1], damping=self.damping,
+                                     top_k=old.k if old.lam_rest is not None else None))
+            transform = old.PV.float().T @ new.V.float()  # Z_new = Z_old · PV_oldᵀ V_new
             for group in self._optimizer.param_groups:
                 if group["V"] is old.V:
                     state = self._optimizer.state[group["params"][0]]
@@ -235,6 +244,10 @@ class FoLoRA(PeftLoRAMethod):
                         state["z_exp_avg_sq"] = state["z_exp_avg_sq"] @ (transform * transform)
                     group.update(V=new.V, PV=new.PV, lam=new.lam, lam_rest=new.lam_rest)
             self.bases[key] = new
+
+    def _stored(self, basis: Basis) -> Basis:
+        """V and PV at `basis_dtype` (the eigenvalues, which set the gates, stay fp32)."""
+        return dataclasses.replace(basis, V=basis.V.to(self.basis_dtype), PV=basis.PV.to(self.basis_dtype))
 
     def summary(self) -> dict:
         return {"calibration": self.calibration_stats}
