@@ -3,10 +3,12 @@ learning-vs-forgetting trade-off plot, learning–forgetting trajectories, the p
 each method's forgetting compared with a reference method's at matched target gain, each variant of a method
 compared with a reference variant paired by seed (ablations), and a README.
 
-Intervals: a cell with several completed seeds gets the t interval of the mean over seeds (seed-to-seed variation:
-training data order, initialization, proxy samples); a cell with one seed shows that run's own paired interval
-over documents, marked `†` (evaluation noise only). Reads only the DataFrame built by `analysis.collect` (i.e.
-results.json files), never model code.
+Intervals: a cell with several completed seeds gets an interval for the mean over seeds that counts both sources of
+noise: the seed-to-seed variation (training data order, initialization, proxy samples) and the choice of eval
+documents, which every seed shares (all seeds are scored on the same documents, so averaging seeds does not shrink
+it; `combined_interval`). A cell with one seed shows that run's own paired interval over documents, marked `†`.
+The seeds-only t interval is kept in table.csv (`<metric>_low_seeds`, `<metric>_high_seeds`). Reads only the
+DataFrame built by `analysis.collect` (i.e. results.json files), never model code.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ SIGNED = ("target_gain", "forgetting", "preservation")   # metrics whose interva
 
 def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> pd.DataFrame:
     """One row per group: completed/failed run counts and, over completed runs, the mean, std (ddof=1) and 95%
-    interval of each metric (t over seeds; with one seed, that run's paired interval, `interval` = documents).
+    interval of each metric (seeds and shared documents, `combined_interval`; with one seed, that run's paired
+    interval, `interval` = documents).
     A group whose every run failed keeps its row, with empty metrics."""
     if frame.empty:
         return pd.DataFrame(columns=[*group_by, "runs", "failed"])
@@ -44,7 +47,7 @@ def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> p
         row = dict(zip(group_by, key if isinstance(key, tuple) else (key,), strict=True))
         row |= {"knob": group["knob"].iloc[0], "runs": len(done), "failed": int((group.status == "failed").sum()),
                 "seeds": ",".join(str(s) for s in sorted(done.seed)),
-                "interval": "seeds" if len(done) > 1 else "documents" if len(done) == 1 else ""}
+                "interval": "seeds+documents" if len(done) > 1 else "documents" if len(done) == 1 else ""}
         for metric in metrics:
             values = pd.to_numeric(done[metric], errors="coerce").dropna() if metric in done else pd.Series(dtype=float)
             row |= _cell(metric, values, done)
@@ -56,14 +59,47 @@ def _cell(metric: str, values: pd.Series, done: pd.DataFrame) -> dict:
     n = len(values)
     mean = values.mean() if n else math.nan
     std = values.std(ddof=1) if n > 1 else math.nan
+    seeds_only = {}
     if n > 1:
-        low, high = t_interval(values)
+        seeds_only = dict(zip((f"{metric}_low_seeds", f"{metric}_high_seeds"), t_interval(values), strict=True))
+        low, high = combined_interval(values, _document_halfwidths(metric, done.loc[values.index]))
     elif n == 1 and f"{metric}_low" in done:
         low, high = (pd.to_numeric(done[f"{metric}_low"], errors="coerce").iloc[0],
                      pd.to_numeric(done[f"{metric}_high"], errors="coerce").iloc[0])
     else:
         low = high = math.nan
-    return {f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_low": low, f"{metric}_high": high}
+    return {f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_low": low, f"{metric}_high": high, **seeds_only}
+
+
+def _document_halfwidths(metric: str, runs: pd.DataFrame) -> pd.Series:
+    """Each run's paired interval over documents as a half width (NaN where a run has none)."""
+    if f"{metric}_low" not in runs:
+        return pd.Series(dtype=float)
+    low = pd.to_numeric(runs[f"{metric}_low"], errors="coerce")
+    high = pd.to_numeric(runs[f"{metric}_high"], errors="coerce")
+    return ((high - low) / 2).dropna()
+
+
+def combined_interval(values: pd.Series, document_halfwidths: pd.Series) -> tuple[float, float]:
+    """The 95% interval of a mean over k ≥ 2 seeds scored on one shared set of eval documents.
+
+    Variance of the mean = s²/k (seeds; t with k − 1 degrees of freedom) + the document part, taken as the mean
+    squared standard error of the runs' own paired intervals (half width / z): the seeds share the documents, so
+    that part is not divided by k. Degrees of freedom: Welch–Satterthwaite, counting the document part as known
+    (its runs each resample dozens of documents). That approximation can give fewer than k − 1 degrees of freedom
+    less weight than they deserve, so the interval is never narrower than either part's own: the t interval over
+    seeds, or the document interval. With identical seeds it is the runs' document interval, never zero width."""
+    k = len(values)
+    seed_part = values.var(ddof=1) / k
+    z = stats.norm.ppf(0.5 + CONFIDENCE / 2)
+    document_part = float(((document_halfwidths / z) ** 2).mean()) if len(document_halfwidths) else 0.0
+    total = seed_part + document_part
+    if total == 0:
+        return values.mean(), values.mean()
+    df = total**2 / (seed_part**2 / (k - 1)) if seed_part > 0 else math.inf
+    half = max(stats.t.ppf(0.5 + CONFIDENCE / 2, df) * math.sqrt(total),
+               stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1) * math.sqrt(seed_part), z * math.sqrt(document_part))
+    return values.mean() - half, values.mean() + half
 
 
 def t_interval(values: pd.Series) -> tuple[float, float]:
@@ -97,9 +133,9 @@ def display_table(summary: pd.DataFrame, group_by: list[str], metrics: list[str]
     shown = summary[keys].copy()
     shown["runs"] = [f"{r}" + (f" ({f} failed)" if f else "") for r, f in zip(summary.runs, summary.failed, strict=True)]
     for metric in metrics:
-        shown[metric] = [_ci(metric, m, lo, hi, kind) for m, lo, hi, kind in
+        shown[metric] = [_ci(metric, m, lo, hi, kind) if runs or failed else "pending" for m, lo, hi, kind, runs, failed in
                          zip(summary[f"{metric}_mean"], summary[f"{metric}_low"], summary[f"{metric}_high"],
-                             summary["interval"], strict=True)]
+                             summary["interval"], summary.runs, summary.failed, strict=True)]
     return shown
 
 
@@ -311,7 +347,9 @@ def variant_comparison(frame: pd.DataFrame, reference: str, metrics: list[str]) 
 def _variant_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
     reference = comparison.reference.iloc[0]
     lines = [f"Each variant − `{reference}`, paired by seed (mean difference over the seeds both completed, 95% t "
-             f"interval; `*`: the interval excludes zero):", ""]
+             f"interval over seeds; both are scored on the same documents, whose noise this interval does not add: "
+             f"`python -m analysis.compare RUN_A RUN_B` gives any two runs' paired interval over documents; `*`: the "
+             f"interval excludes zero):", ""]
     table = comparison[["task", "method", "variant", "seeds"]].copy()
     for metric in metrics:
         table[metric] = [_ci(metric, m, lo, hi, "seeds") for m, lo, hi in
@@ -470,8 +508,9 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
     for kind in ("tradeoff", "trajectories", "change_heatmap"):
         if written.get(kind):
             lines += [f"![{kind}]({written[kind][0].name})", ""]
-    lines += ["Columns: mean [95% interval] over the completed seeds (`runs`): a t interval over seeds; `†`: one seed, "
-              "the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
+    lines += ["Columns: mean [95% interval] over the completed seeds (`runs`): the interval counts the seed-to-seed "
+              "variation and the choice of eval documents, which all seeds share (`table.csv` also has the seeds-only "
+              "t interval, `_low_seeds`/`_high_seeds`); `†`: one seed, the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
               "bits-per-byte increase on held-out text (lower is better), `preservation` the mean normalized change "
               "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
               "run, `matched.csv` the matched-gain comparison, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]

@@ -232,7 +232,7 @@ def cell_status(frame, cell: Cell) -> str:
         return "missing"
     match = frame[(frame.task == cell.task) & (frame.method == cell.method) & (frame.seed == cell.seed)]
     variants = match["variant"] if "variant" in match else pd.Series([None] * len(match), index=match.index)
-    match = match[[(v if isinstance(v, str) else None) == cell.variant for v in variants]]
+    match = match[variants.map(lambda v: (v if isinstance(v, str) else None) == cell.variant).astype(bool)]
     if cell.value is not None:
         match = match[[_same_value(v, cell.value) for v in match.knob_value]]
     if match.empty:

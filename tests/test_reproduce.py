@@ -160,7 +160,8 @@ def test_summary_is_mean_with_a_t_interval_over_seeds_and_keeps_failed_groups():
                           "status": ["completed", "completed", "completed", "failed", "failed"],
                           "target_gain": [0.1, 0.3, 0.2, None, None], "forgetting": [0.01, 0.03, 0.02, None, None]})
     summary = summarize(frame, ["task", "method", "knob_value"], ["target_gain", "forgetting"]).set_index("method")
-    assert summary.loc["a", "runs"] == 3 and summary.loc["a", "failed"] == 1 and summary.loc["a", "interval"] == "seeds"
+    assert summary.loc["a", "runs"] == 3 and summary.loc["a", "failed"] == 1
+    assert summary.loc["a", "interval"] == "seeds+documents"   # no document intervals here: the t interval over seeds
     assert summary.loc["a", "target_gain_mean"] == pytest.approx(0.2)
     reference = stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem([0.1, 0.3, 0.2]))
     assert (summary.loc["a", "target_gain_low"], summary.loc["a", "target_gain_high"]) == pytest.approx(reference)
@@ -262,3 +263,29 @@ def test_variants_are_compared_with_the_reference_paired_by_seed():
     assert comparison.forgetting_difference == pytest.approx(0.004)
     assert (comparison.forgetting_low, comparison.forgetting_high) == pytest.approx(reference)
     assert comparison.target_gain_difference == pytest.approx(0.0)
+
+
+def test_a_mean_over_seeds_counts_the_documents_they_share():
+    """Seeds that agree exactly still carry the eval set's sampling noise: the interval is the runs' document
+    interval, not zero width; without document intervals it is the t interval over seeds; otherwise the two variance
+    parts add (Welch–Satterthwaite degrees of freedom), never narrower than the seeds-only interval."""
+    from analysis.render import combined_interval
+
+    z = stats.norm.ppf(0.975)
+    same = pd.Series([0.0208, 0.0208])
+    assert combined_interval(same, pd.Series([0.02, 0.02])) == pytest.approx((0.0008, 0.0408))
+    values = pd.Series([0.10, 0.30, 0.20])
+    assert combined_interval(values, pd.Series(dtype=float)) == pytest.approx(
+        stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem(values)))
+    seed_part, document_part = values.var() / 3, (0.5 / z) ** 2
+    df = (seed_part + document_part) ** 2 / (seed_part**2 / 2)
+    half = stats.t.ppf(0.975, df) * (seed_part + document_part) ** 0.5
+    assert combined_interval(values, pd.Series([0.5, 0.5, 0.5])) == pytest.approx((0.2 - half, 0.2 + half))
+    seeds_only = stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem(values))
+    assert combined_interval(values, pd.Series([0.01] * 3)) == pytest.approx(seeds_only)   # the wider of the parts
+    frame = pd.DataFrame({"task": ["math"] * 2, "method": ["a"] * 2, "knob": ["k"] * 2, "knob_value": [1.0] * 2,
+                          "seed": [0, 1], "status": ["completed"] * 2, "target_gain": [0.0208] * 2,
+                          "target_gain_low": [0.0008] * 2, "target_gain_high": [0.0408] * 2})
+    row = summarize(frame, ["task", "method", "knob_value"], ["target_gain"]).iloc[0]
+    assert row.interval == "seeds+documents" and row.target_gain_low == pytest.approx(0.0008)
+    assert row.target_gain_low_seeds == row.target_gain_high_seeds == pytest.approx(0.0208)
