@@ -7,8 +7,10 @@ from pathlib import Path
 
 
 class NullLogger:
-    def start(self, run_dir: Path, config: dict, *, name: str, group: str, job_type: str, tags: list[str]) -> None:
-        pass
+    def start(self, run_dir: Path, config: dict, *, name: str, group: str, job_type: str, tags: list[str],
+              resuming: bool = False) -> None:
+        """`resuming`: the run continues a stopped attempt from its checkpoint; the training loop logs that
+        attempt's history again before going on (folora.training.replay)."""
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         pass
@@ -21,16 +23,26 @@ class NullLogger:
 
 
 class WandbLogger(NullLogger):
-    """A W&B run in the run folder. `mode: offline` by default; sync later with `wandb sync <run>/wandb/offline-run-*`."""
+    """A W&B run in the run folder. `mode: offline` by default; sync later with `wandb sync <run>/wandb/offline-run-*`.
+
+    A resumed run is a new W&B run holding the whole history (the stopped attempt's is logged again). Offline, the
+    stopped attempts' `offline-run-*` folders are moved to `wandb/superseded/`, so that syncing the run folder gives
+    one complete run per cell (W&B cannot resume an offline run). Online, the stopped attempt stays in the project
+    with `status: interrupted`."""
 
     def __init__(self, project: str = "folora", entity: str | None = None, mode: str = "offline"):
         self.project, self.entity, self.mode = project, entity, mode
         self.run = None
 
-    def start(self, run_dir, config, *, name, group, job_type, tags):
+    def start(self, run_dir, config, *, name, group, job_type, tags, resuming=False):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        if resuming and self.mode == "offline":
+            superseded = Path(run_dir) / "wandb" / "superseded"
+            for attempt in sorted((Path(run_dir) / "wandb").glob("offline-run-*")):
+                superseded.mkdir(parents=True, exist_ok=True)
+                attempt.rename(superseded / attempt.name)
         self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(run_dir), config=config,
                               name=name, group=group, job_type=job_type, tags=tags, reinit="finish_previous")
 

@@ -100,10 +100,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             torch.set_num_threads(int(cfg.threads))
         record.data["host"]["threads"] = torch.get_num_threads()
         seed_everything(int(cfg.seed))
+        checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every))
         logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
                      job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
-                                                     f"eval:{cfg.eval.name}"])
-        checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every))
+                                                     f"eval:{cfg.eval.name}"],
+                     resuming=checkpoints.state_path.is_file())
         outcome = _run(cfg, run_dir, record, logger, checkpoints)
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()

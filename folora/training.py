@@ -189,6 +189,8 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
     stream = batches(examples, cfg.batch_size, pad_id, seed, group_by_length=bool(cfg.get("group_by_length", False)))
     summary = TrainSummary(steps=0, tokens=0, wall_s=0.0, precision=trainer.precision)
     first = restore_training(trainer, summary, stream, resume, int(cfg.grad_accum)) if resume else 0
+    if resume:
+        replay(summary, log)
     model.train()
     measure = _trajectory_recorder(model, trajectory, summary, log, int(cfg.steps))
     if first == 0:
@@ -252,6 +254,16 @@ def restore_training(trainer: Trainer, summary: TrainSummary, stream, state: dic
     summary.restore(state["summary"])
     set_rng_state(state["rng"])
     return int(state["step"])
+
+
+def replay(summary: TrainSummary, log) -> None:
+    """Log again what the interrupted attempt logged before its checkpoint (training records and trajectory points,
+    in step order), so that the resumed run's logger history is the whole run's."""
+    events = [(r["step"], 0, {f"train/{k}": v for k, v in r.items() if k != "step"}) for r in summary.logs]
+    events += [(p["step"], 1, {f"trajectory/{k}": v for k, v in p.items() if k != "step" and v is not None})
+               for p in summary.trajectory]
+    for step, _, metrics in sorted(events, key=lambda e: (e[0], e[1])):
+        log(metrics, step)
 
 
 def _trajectory_recorder(model, trajectory, summary: TrainSummary, log, total: int):

@@ -108,8 +108,8 @@ def uninterrupted(tmp_path_factory):
     return read_results(run_dir)
 
 
-def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", *RUN, "method=folora",
+def _start(run_dir: Path, *overrides: str, run: list[str] = RUN) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", *run, "method=folora",
                              *overrides], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -122,18 +122,28 @@ def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: floa
 
 
 def test_sigkill_after_a_checkpoint_then_the_same_command_finishes_with_the_same_numbers(tmp_path, uninterrupted):
-    process = _start(tmp_path)
+    with_wandb = [o for o in RUN if not o.startswith("logger=")] + ["logger=wandb", "train.log_every=1"]
+    process = _start(tmp_path, run=with_wandb)
     _wait_for_checkpoint(tmp_path, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert read_results(tmp_path)["status"] == "running"   # killed without a word: nothing looks complete
-    again = run_folora(tmp_path, *RUN, "method=folora")
+    again = run_folora(tmp_path, *with_wandb, "method=folora")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from the checkpoint of step" in again.stdout
     record = read_results(tmp_path)
     assert record["status"] == "completed" and record["resumed_from_step"] in range(2, 8, 2)
     assert _numbers(record) == _numbers(uninterrupted)
     assert not (tmp_path / "checkpoint").exists()   # removed once the run completed
+    # the offline W&B run of the resumed attempt holds the whole history; the killed attempt's is set aside
+    from tests.wandb_offline import read_run
+
+    (attempt,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert len(list((tmp_path / "wandb" / "superseded").glob("offline-run-*"))) == 1
+    history = read_run(next(attempt.glob("run-*.wandb")))["history"]
+    losses = {row["_step"]: row["train/loss"] for row in history if "train/loss" in row}
+    assert losses == {log["step"]: pytest.approx(log["loss"]) for log in record["train"]["logs"]}
+    assert sorted(losses) == list(range(1, 9))
 
 
 def test_sigterm_checkpoints_the_step_and_stops_as_interrupted(tmp_path):
