@@ -98,7 +98,8 @@ def wandb_rows(runs) -> pd.DataFrame:
         out = {"run": f"wandb:{run.id}", "status": summary.get("status"), "error": None,
                "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
                "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": _select(config, knob),
-               "seed": config.get("seed"), "train_tokens_per_s": None, "wall_s": summary.get("_runtime")}
+               "seed": config.get("seed"), "variant": config.get("variant"), "train_tokens_per_s": None,
+               "wall_s": summary.get("_runtime")}
         for name in HEADLINES:
             key = "preservation_mean_change" if name == "preservation" else name
             out |= {name: summary.get(key), f"{name}_low": summary.get(f"{key}_low"),
@@ -119,5 +120,5 @@ def collect_wandb(path: str, group: str | None = None) -> pd.DataFrame:
 
 if __name__ == "__main__":
     frame = collect([Path(a) for a in sys.argv[1:]] or [Path("runs"), Path("multirun")])
-    columns = ["method", "task", "knob_value", "seed", "status", *HEADLINES, "wall_s"]
+    columns = ["method", "variant", "task", "knob_value", "seed", "status", *HEADLINES, "wall_s"]
     print(frame[[c for c in columns if c in frame]].to_string(index=False) if len(frame) else "no results.json found")

@@ -39,7 +39,8 @@ def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> p
     interval, `interval` = documents).
     A group whose every run failed keeps its row, with empty metrics."""
     if frame.empty:
-        return pd.DataFrame(columns=[*group_by, "runs", "failed"])
+        return pd.DataFrame(columns=[*group_by, "knob", "runs", "failed", "interval",
+                                     *(f"{m}_{s}" for m in metrics for s in ("mean", "low", "high"))])
     keyed = frame.assign(knob_value=frame["knob_value"].map(_knob_label))
     rows = []
     for key, group in keyed.groupby(group_by, sort=True, dropna=False):
@@ -64,8 +65,9 @@ def _cell(metric: str, values: pd.Series, done: pd.DataFrame) -> dict:
         seeds_only = dict(zip((f"{metric}_low_seeds", f"{metric}_high_seeds"), t_interval(values), strict=True))
         low, high = combined_interval(values, _document_halfwidths(metric, done.loc[values.index]))
     elif n == 1 and f"{metric}_low" in done:
-        low, high = (pd.to_numeric(done[f"{metric}_low"], errors="coerce").iloc[0],
-                     pd.to_numeric(done[f"{metric}_high"], errors="coerce").iloc[0])
+        run = done.loc[values.index]
+        low, high = (pd.to_numeric(run[f"{metric}_low"], errors="coerce").iloc[0],
+                     pd.to_numeric(run[f"{metric}_high"], errors="coerce").iloc[0])
     else:
         low = high = math.nan
     return {f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_low": low, f"{metric}_high": high, **seeds_only}
@@ -86,9 +88,10 @@ def combined_interval(values: pd.Series, document_halfwidths: pd.Series) -> tupl
     Variance of the mean = s²/k (seeds; t with k − 1 degrees of freedom) + the document part, taken as the mean
     squared standard error of the runs' own paired intervals (half width / z): the seeds share the documents, so
     that part is not divided by k. Degrees of freedom: Welch–Satterthwaite, counting the document part as known
-    (its runs each resample dozens of documents). That approximation can give fewer than k − 1 degrees of freedom
-    less weight than they deserve, so the interval is never narrower than either part's own: the t interval over
-    seeds, or the document interval. With identical seeds it is the runs' document interval, never zero width."""
+    (its runs each resample dozens of documents). Adding a known part raises the degrees of freedom above k − 1, and
+    with two or three seeds that can make the interval narrower than the seeds-only t interval although the variance
+    grew; so it is never narrower than either part's own: the t interval over seeds, or the document interval.
+    Seeds that scored alike get the runs' document interval (zero width only if the runs report none)."""
     k = len(values)
     seed_part = values.var(ddof=1) / k
     z = stats.norm.ppf(0.5 + CONFIDENCE / 2)
@@ -171,7 +174,7 @@ def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, x: str = "target
             ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=_bars(rows, x), yerr=_bars(rows, y),
                         fmt="o-" if len(rows) > 1 else "o", color=colours[series], label=series, capsize=3,
                         markersize=6, linewidth=1.2)
-            if len(rows) > 1:
+            if len(rows) > 1 and "knob_value" in rows:
                 for _, r in rows.iterrows():
                     ax.annotate(f"{r.knob_value}", (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7, color=colours[series])
@@ -245,8 +248,13 @@ def _higher_is_better(part: pd.DataFrame, item: str) -> bool:
 
 
 def _significant(changes: pd.Series, runs: pd.DataFrame, item: str) -> bool:
-    if len(changes) > 1:
-        low, high = t_interval(changes)
+    if len(changes) > 1:   # as in the tables: seeds and the documents they share
+        halfwidths = pd.Series(dtype=float)
+        if f"change_low:{item}" in runs and f"change_high:{item}" in runs:
+            chosen = runs.loc[changes.index]
+            halfwidths = ((pd.to_numeric(chosen[f"change_high:{item}"], errors="coerce")
+                           - pd.to_numeric(chosen[f"change_low:{item}"], errors="coerce")) / 2).dropna()
+        low, high = combined_interval(changes, halfwidths)
         return bool(low > 0 or high < 0)
     low, high = runs.get(f"change_low:{item}"), runs.get(f"change_high:{item}")
     if low is None or high is None or pd.isna(low.iloc[0]):
@@ -352,7 +360,7 @@ def _variant_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
              f"interval excludes zero):", ""]
     table = comparison[["task", "method", "variant", "seeds"]].copy()
     for metric in metrics:
-        table[metric] = [_ci(metric, m, lo, hi, "seeds") for m, lo, hi in
+        table[metric] = [_ci(metric, m, lo, hi, "seeds") if not pd.isna(m) else "no common seed" for m, lo, hi in
                          zip(comparison[f"{metric}_difference"], comparison[f"{metric}_low"],
                              comparison[f"{metric}_high"], strict=True)]
     return lines + [table.to_markdown(index=False), ""]

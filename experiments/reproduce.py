@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from analysis import render
@@ -115,18 +116,22 @@ def resolve_variants(grid: DictConfig) -> dict[str | None, list[str]]:
         return {None: []}
     out = {}
     for name, overrides in variants.items():
-        if not str(name).isidentifier():
-            raise ExperimentError(f"Variant name {name!r} must be a plain identifier (letters, digits, _): it becomes "
-                                  f"part of the run folder's name.")
+        if not str(name).isidentifier() or not isinstance(yaml.safe_load(str(name)), str):
+            raise ExperimentError(f"Variant name {name!r} must be a plain identifier (letters, digits, _) that YAML "
+                                  f"reads as text (not true, null, nan, ...): it becomes part of the run folder's name.")
         if overrides is not None and (isinstance(overrides, str) or not all("=" in str(o) for o in overrides)):
             raise ExperimentError(f"Variant {name!r}: give a list of key=value overrides, e.g. [method.gate_b=false], "
                                   f"or [] for the method as configured; got {overrides!r}.")
+        if any("," in str(o) for o in overrides or []):
+            raise ExperimentError(f"Variant {name!r}: an override with a comma ({list(overrides)}) would become a sweep "
+                                  f"over its values; a variant is one setting. Make each value its own variant.")
         out[str(name)] = [str(o) for o in overrides or []]
     return out
 
 
-def check_variants(methods: list[str], variants: dict[str | None, list[str]]) -> None:
-    """Compose every (method, variant) before anything runs, so a misspelt key stops the grid with its name."""
+def check_variants(methods: list[str], variants: dict[str | None, list[str]], fixed: list[str] = ()) -> None:
+    """Compose every (method, variant) with the grid's fixed overrides before anything runs, so a misspelt key stops
+    the grid with its name."""
     from hydra import compose, initialize_config_dir
 
     for method, (name, overrides) in itertools.product(methods, variants.items()):
@@ -134,7 +139,7 @@ def check_variants(methods: list[str], variants: dict[str | None, list[str]]) ->
             continue
         try:
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                compose(config_name="config", overrides=[f"method={method}", *overrides])
+                compose(config_name="config", overrides=[*fixed, f"method={method}", *overrides])
         except Exception as error:  # noqa: BLE001 - Hydra's messages name the key; ours names the variant
             raise ExperimentError(f"Variant {name!r} of method {method!r} does not compose: "
                                   f"{str(error).splitlines()[0]}") from error
@@ -145,7 +150,7 @@ def cells(spec: DictConfig) -> list[Cell]:
     knobs = {name: str(cfg.knob) for name, cfg in available("method").items()}
     methods = resolve_methods(grid.methods)
     variants = resolve_variants(grid)
-    check_variants(list(methods), variants)
+    check_variants(list(methods), variants, [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides])
     out = []
     for method, values in methods.items():
         for variant, task, value, seed in itertools.product(variants, resolve_tasks(grid.tasks), values or [None],
@@ -157,7 +162,9 @@ def cells(spec: DictConfig) -> list[Cell]:
 def sweep_dir(spec: DictConfig, root: Path) -> Path:
     """Runs of one grid live together; a change to the fixed settings (model, suite, overrides) gets a new folder,
     so a skipped run is always a run of the same settings."""
-    fixed = json.dumps([spec.grid.model, spec.grid.eval, list(spec.grid.overrides)])
+    variants = resolve_variants(spec.grid)
+    fixed = json.dumps([spec.grid.model, spec.grid.eval, list(spec.grid.overrides)]
+                       + ([variants] if variants != {None: []} else []))   # a variant's overrides, edited: new runs
     return root / spec.name / "runs" / f"{spec.grid.model}_{spec.grid.eval}_{hashlib.sha256(fixed.encode()).hexdigest()[:8]}"
 
 

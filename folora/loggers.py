@@ -7,10 +7,9 @@ from pathlib import Path
 
 
 class NullLogger:
-    def start(self, run_dir: Path, config: dict, *, name: str, group: str, job_type: str, tags: list[str],
-              resuming: bool = False) -> None:
-        """`resuming`: the run continues a stopped attempt from its checkpoint; the training loop logs that
-        attempt's history again before going on (folora.training.replay)."""
+    def start(self, run_dir: Path, config: dict, *, name: str, group: str, job_type: str, tags: list[str]) -> None:
+        """A run resumed from a checkpoint logs the stopped attempt's history again before going on
+        (folora.training.replay), so each attempt's logger run holds the whole history up to where it ended."""
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         pass
@@ -26,19 +25,19 @@ class WandbLogger(NullLogger):
     """A W&B run in the run folder. `mode: offline` by default; sync later with `wandb sync <run>/wandb/offline-run-*`.
 
     A resumed run is a new W&B run holding the whole history (the stopped attempt's is logged again). Offline, the
-    stopped attempts' `offline-run-*` folders are moved to `wandb/superseded/`, so that syncing the run folder gives
-    one complete run per cell (W&B cannot resume an offline run). Online, the stopped attempt stays in the project
-    with `status: interrupted`."""
+    earlier attempts' `offline-run-*` folders in the run folder (stopped, killed or failed runs of the same cell) are
+    moved to `wandb/superseded/` when a new attempt starts, so that syncing the run folder gives one run per cell
+    (W&B cannot resume an offline run). Online, an earlier attempt stays in the project with its status."""
 
     def __init__(self, project: str = "folora", entity: str | None = None, mode: str = "offline"):
         self.project, self.entity, self.mode = project, entity, mode
         self.run = None
 
-    def start(self, run_dir, config, *, name, group, job_type, tags, resuming=False):
+    def start(self, run_dir, config, *, name, group, job_type, tags):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        if resuming and self.mode == "offline":
+        if self.mode == "offline":
             superseded = Path(run_dir) / "wandb" / "superseded"
             for attempt in sorted((Path(run_dir) / "wandb").glob("offline-run-*")):
                 superseded.mkdir(parents=True, exist_ok=True)

@@ -103,8 +103,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every))
         logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
                      job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
-                                                     f"eval:{cfg.eval.name}"],
-                     resuming=checkpoints.state_path.is_file())
+                                                     f"eval:{cfg.eval.name}"])
         outcome = _run(cfg, run_dir, record, logger, checkpoints)
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()

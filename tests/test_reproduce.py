@@ -246,6 +246,19 @@ def test_a_misspelt_variant_stops_before_anything_runs():
         cells(load_experiment("ablations", ["grid.variants={full: [], typo: [method.gate_c=false]}"]))
     with pytest.raises(ExperimentError, match="key=value overrides"):
         cells(load_experiment("ablations", ["grid.variants={full: method.gate_b}"]))
+    with pytest.raises(ExperimentError, match="reads as text"):   # `variant=true` would be a bool, not a label
+        cells(load_experiment("ablations", ["grid.variants={'true': [method.gate_b=false]}"]))
+    with pytest.raises(ExperimentError, match="would become a sweep"):
+        cells(load_experiment("ablations", ["grid.variants={gates: ['method.gate=hard,sigmoid']}"]))
+
+
+def test_a_grid_without_variants_keeps_its_folder_and_editing_a_variant_moves_it(tmp_path):
+    from experiments.reproduce import sweep_dir
+
+    assert sweep_dir(load_experiment("knobs", []), tmp_path).name == "smollm2-135m_embedded_e9821d49"
+    before = sweep_dir(load_experiment("ablations", []), tmp_path)
+    edited = sweep_dir(load_experiment("ablations", ["grid.variants.proxy_16=[method.proxy.num_sequences=8]"]), tmp_path)
+    assert before != edited
 
 
 def test_variants_are_compared_with_the_reference_paired_by_seed():

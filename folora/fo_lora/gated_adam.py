@@ -7,9 +7,10 @@ with a known utility per unit penalty λ_j.
 
 - **A side**: Adam's moments are kept in Z coordinates; direction j's step is scaled by a gate g(λ_j), then
   mapped back, ΔA = ΔZ Vᵀ. In top-k mode the directions left out form one group, updated by Adam in A
-  coordinates inside the C_p-orthogonal complement of the kept ones, scaled by the mean of their own gates g(λ_j):
-  the left-out directions open, on average, exactly as much as in the full basis (g at their mean λ would open
-  them more: g is concave, so g(mean λ) ≥ mean g(λ)).
+  coordinates inside the C_p-orthogonal complement of the kept ones, scaled by the mean of their own gates g(λ_j),
+  so that their mean step scale is the full basis's (Adam's normalization still acts in A coordinates there, not
+  per direction). g at their mean λ would open them more wherever g is concave (the rational gate:
+  g(mean λ) ≥ mean g(λ)).
 - **B side**: B's step acts on A's row space. The restricted problem (A C_t Aᵀ) w = μ (A C_p Aᵀ) w (r × r, from
   Z: A C_p Aᵀ = Z Zᵀ, A C_t Aᵀ = Z Λ Zᵀ) gives W with Wᵀ (A C_p Aᵀ) W = I; writing B = Y Wᵀ, the Adam step ΔB is
   gated in Y coordinates: ΔB ← ΔB · (A C_p Aᵀ) W diag(g(μ)) Wᵀ, which is ΔB itself when every gate is 1.
@@ -64,9 +65,10 @@ def _row_slices(params: list[torch.Tensor]) -> list[slice]:
     return out
 
 
-def _rest_gate(group: dict) -> float:
-    """The step scale of the directions left out in top-k mode: the mean of their gates."""
-    return float(gate(group["lam_rest"], group["gate_kind"], group["kappa"], group["tau"]).mean())
+def _rest_gate(group: dict) -> torch.Tensor:
+    """The step scale of the directions left out in top-k mode: the mean of their gates (a 0-dim tensor on the
+    basis's device, so a GPU step does not wait for it)."""
+    return gate(group["lam_rest"], group["gate_kind"], group["kappa"], group["tau"]).mean()
 
 
 class GatedSpectralAdam(torch.optim.Optimizer):
@@ -242,9 +244,8 @@ class GatedSpectralAdam(torch.optim.Optimizer):
             penalty += s * s * float((bz * bz).sum())
             utility += s * s * float((bz * bz * group["lam"]).sum())
             gates.append(gate(group["lam"], group["gate_kind"], group["kappa"], group["tau"]))
-            if group["lam_rest"] is not None:   # top-k mode: the scale the left-out directions' steps get
-                gates.append(torch.full((len(group["lam_rest"]),), _rest_gate(group), dtype=gates[-1].dtype,
-                                        device=gates[-1].device))
+            if group["lam_rest"] is not None:   # top-k mode: the left-out directions (their steps get the mean)
+                gates.append(gate(group["lam_rest"], group["gate_kind"], group["kappa"], group["tau"]))
             if "b_gate_mean" in self.state[a]:
                 b_gates.append(self.state[a]["b_gate_mean"])
         all_gates = torch.cat(gates) if gates else torch.zeros(1)
