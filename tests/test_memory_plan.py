@@ -9,7 +9,7 @@ import torch
 
 from folora.errors import FoloraError
 from folora.fo_lora import memory
-from folora.fo_lora.memory import GIB, groups_per_pass_that_fit, memory_plan, top_k_for
+from folora.fo_lora.memory import GIB, choose_plan, groups_per_pass_that_fit, memory_plan, top_k_for
 from folora.methods import MethodContext
 from folora.models import load_model
 from folora.runner import build_method
@@ -54,6 +54,22 @@ def test_automatic_top_k_and_pass_size_fit_one_80_gb_gpu():
     assert groups_per_pass_that_fit(groups, 16, k, model_bytes=BF16_8B_MODEL, refresh=False, available=10_000) is None
 
 
+def test_the_default_full_basis_goes_to_bf16_exactly_when_fp32_does_not_fit():
+    """Defaults (top_k null, basis_dtype auto, groups_per_pass auto) at Llama-3.1-8B shapes: on an 80 GB GPU the
+    fp32 plan does not fit and the bf16 one does; where fp32 fits, or the device is unknown, the bases stay fp32."""
+    groups, full = llama_8b_groups(), [None] * len(llama_8b_groups())
+    common = dict(model_bytes=BF16_8B_MODEL, refresh=False, groups_per_pass="auto", basis_dtype="auto")
+    gpu = choose_plan(groups, 16, full, available=80e9 / GIB, **common)
+    assert gpu["basis_dtype"] == "bf16" and gpu["groups_per_pass"] == 1 and gpu["peak"] <= 80e9 / GIB
+    assert 30 < gpu["bases"] < 31 and gpu["transient_basis"] == round(2 * MLP * MLP * 4 / GIB, 6)
+    fp32 = memory_plan(groups, 16, full, model_bytes=BF16_8B_MODEL, groups_per_pass=1, refresh=False)
+    assert fp32["peak"] > 80e9 / GIB
+    assert choose_plan(groups, 16, full, available=1000.0, **common)["basis_dtype"] == "fp32"
+    assert choose_plan(groups, 16, full, available=None, **common)["basis_dtype"] == "fp32"
+    forced = choose_plan(groups, 16, full, available=1000.0, **(common | {"basis_dtype": "bf16"}))
+    assert forced["basis_dtype"] == "bf16"
+
+
 def test_top_k_rule():
     assert top_k_for(576, "auto", 0.25, 4096) is None          # narrow groups keep the full basis
     assert top_k_for(14336, "auto", 0.25, 4096) == 3584
@@ -77,6 +93,7 @@ def test_the_plan_is_recorded_with_the_run(tmp_path):
     plan = _prepare(tmp_path).summary()["calibration"]["memory_plan"]
     assert plan["unit"] == "GiB" and plan["peak"] >= plan["model"] > 0 and plan["bases"] > 0
     assert plan["groups_per_pass"] >= 1 and plan["device_gib"] > 0
+    assert plan["basis_dtype"] == "fp32"   # auto: the fp32 plan fits this machine
 
 
 def test_a_plan_larger_than_the_device_stops_before_calibration(tmp_path, monkeypatch):
@@ -117,5 +134,5 @@ def test_bf16_bases_are_stored_in_bf16_with_fp32_eigenvalues(tmp_path):
 
 
 def test_an_unknown_basis_dtype_is_refused():
-    with pytest.raises(FoloraError, match="method.basis_dtype='fp16' must be one of fp32, bf16"):
+    with pytest.raises(FoloraError, match="method.basis_dtype='fp16' must be auto or one of fp32, bf16"):
         build_method(composed("method=folora", "method.basis_dtype=fp16").method)

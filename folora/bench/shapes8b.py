@@ -27,7 +27,7 @@ from folora.fo_lora.memory import top_k_for
 from folora.fo_lora.spectral import Basis, solve
 
 HIDDEN, MLP, KV, RANK = 4096, 14336, 1024, 16
-FRACTION, MIN_DIM = 0.25, 4096   # FoLoRA's default top-k rule (conf/method/folora.yaml)
+FRACTION, MIN_DIM = 0.25, 4096   # FoLoRA's top-k rule, method.top_k=auto (conf/method/folora.yaml)
 LAYER = {"q": (HIDDEN, HIDDEN), "k": (KV, HIDDEN), "v": (KV, HIDDEN), "o": (HIDDEN, HIDDEN), "gate": (MLP, HIDDEN),
          "up": (MLP, HIDDEN), "down": (HIDDEN, MLP)}   # (d_out, d_in)
 SHARED = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up", "down": "down"}

@@ -24,6 +24,7 @@ from folora.errors import FoloraError
 
 GIB = 2**30
 FP32, FP64 = 4, 8
+BASIS_BYTES = {"fp32": 4, "bf16": 2}
 # float64 d × d arrays alive at once in one solve: C_t, C_p, I, C_p + εI, L, L⁻¹C_t, M, U, V, and eigh's workspace
 # (about 2 more); the bench's 4096-wide solve peaked at about 11 d² above the process's baseline
 SOLVE_WORKSPACE_MATRICES = 11
@@ -84,6 +85,26 @@ def groups_per_pass_that_fit(groups, rank: int, kept: list[int | None], *, model
     return max(1, int((budget - without_covariances) // per_group))
 
 
+def choose_plan(groups, rank: int, kept: list[int | None], *, model_bytes: int, refresh: bool,
+                available: float | None, groups_per_pass, basis_dtype: str) -> dict:
+    """The plan FoLoRA will follow: the pass size (`auto`: as in `groups_per_pass_that_fit`) and the bases' storage,
+    `auto` meaning fp32 where that plan fits the device (or the device is unknown), else bf16 (on the embedded
+    model, bf16 bases gave the same gates and final scores: docs/folora.md). The chosen `basis_dtype`,
+    `groups_per_pass` (None: all at once) and `device_gib` are recorded with the plan; whether it fits is for
+    `check_fits` to say."""
+    for name in (["fp32", "bf16"] if basis_dtype == "auto" else [basis_dtype]):
+        basis_bytes = BASIS_BYTES[name]
+        per_pass = groups_per_pass
+        if per_pass == "auto":
+            per_pass = groups_per_pass_that_fit(groups, rank, kept, model_bytes=model_bytes, refresh=refresh,
+                                                available=available, basis_bytes=basis_bytes)
+        plan = memory_plan(groups, rank, kept, model_bytes=model_bytes, groups_per_pass=per_pass, refresh=refresh,
+                           basis_bytes=basis_bytes)
+        if available is None or plan["peak"] <= available:
+            break
+    return plan | {"basis_dtype": name, "groups_per_pass": per_pass, "device_gib": available}
+
+
 def device_memory(device: torch.device) -> float | None:
     """GiB this run may use: a GPU's total memory; on CPU the memory available now plus what this process holds
     (the model is already loaded). None where it cannot be read."""
@@ -98,7 +119,7 @@ def device_memory(device: torch.device) -> float | None:
         return None
 
 
-def check_fits(plan: dict, available: float | None, *, widest: int, top_k) -> None:
+def check_fits(plan: dict, available: float | None, *, widest: int, top_k, basis_dtype: str = "fp32") -> None:
     if available is None or plan["peak"] <= available:
         return
     part = "calibration" if plan["calibration_peak"] >= plan["training"] else "training"
@@ -107,7 +128,9 @@ def check_fits(plan: dict, available: float | None, *, widest: int, top_k) -> No
         f"GiB (model {plan['model']:.1f}, bases {plan['bases']:.1f}, covariances of one pass "
         f"{plan['covariances_one_pass']:.1f}, solve workspace {plan['solve_workspace']:.1f}, kept covariances "
         f"{plan['kept_covariances']:.1f}; activations not counted). The widest input group is {widest}; "
-        f"method.top_k={top_k}. To shrink it: keep fewer directions of wide groups (method.top_k=auto with "
-        f"method.top_k_fraction=0.1, or method.top_k=512, with method.top_k_min_dim at or below {widest}), "
-        f"store the bases in bf16 (method.basis_dtype=bf16), accumulate fewer groups at once (method.calibration.groups_per_pass=1), or turn off basis refresh "
+        f"method.top_k={top_k}, bases in {basis_dtype}. To shrink it: "
+        + ("store the bases in bf16 (method.basis_dtype=bf16 or auto), " if basis_dtype != "bf16" else "")
+        + f"keep fewer directions of wide groups (method.top_k=auto with method.top_k_fraction=0.25, or "
+        f"method.top_k=512, with method.top_k_min_dim at or below {widest}; this changes results, docs/folora.md), "
+        f"accumulate fewer groups at once (method.calibration.groups_per_pass=1), or turn off basis refresh "
         f"(method.refresh_every=0).")

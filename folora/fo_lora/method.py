@@ -26,7 +26,7 @@ from folora.calibration.covariance import InputGroup, find_input_groups, streame
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import require
 from folora.fo_lora.gated_adam import GATES, GatedSpectralAdam
-from folora.fo_lora.memory import check_fits, device_memory, groups_per_pass_that_fit, memory_plan, top_k_for
+from folora.fo_lora.memory import check_fits, choose_plan, device_memory, top_k_for
 from folora.fo_lora.spectral import Basis, solve
 from folora.methods import (
     MethodContext,
@@ -62,8 +62,8 @@ BASIS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class FoLoRA(PeftLoRAMethod):
     def __init__(self, name: str = "folora", knob: str = "method.kappa", *, kappa: float = 1.0, gate: str = "rational",
                  tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, a_init: str = "kaiming",
-                 damping: float = 1e-4, top_k: int | str | None = "auto", top_k_fraction: float = 0.25,
-                 top_k_min_dim: int = 4096, b_damping: float = 1e-6, basis_dtype: str = "fp32",
+                 damping: float = 1e-4, top_k: int | str | None = None, top_k_fraction: float = 0.25,
+                 top_k_min_dim: int = 4096, b_damping: float = 1e-6, basis_dtype: str = "auto",
                  refresh_every: int = 0, refresh_ema: float = 0.9, proxy: dict | None = None,
                  calibration: dict | None = None, **lora_options):
         super().__init__(name, knob, **lora_options)
@@ -80,9 +80,11 @@ class FoLoRA(PeftLoRAMethod):
         require(0 < top_k_fraction <= 1, f"method.top_k_fraction={top_k_fraction} must be in (0, 1].")
         self.top_k, self.top_k_fraction, self.top_k_min_dim = top_k, float(top_k_fraction), int(top_k_min_dim)
         self.refresh_every, self.refresh_ema = int(refresh_every), float(refresh_ema)
-        require(basis_dtype in BASIS_DTYPES, f"method.basis_dtype={basis_dtype!r} must be one of "
-                                              f"{', '.join(BASIS_DTYPES)} (how V and PV are stored).")
-        self.basis_dtype = BASIS_DTYPES[basis_dtype]
+        require(basis_dtype == "auto" or basis_dtype in BASIS_DTYPES,
+                f"method.basis_dtype={basis_dtype!r} must be auto or one of {', '.join(BASIS_DTYPES)} (how V and PV "
+                f"are stored).")
+        self.basis_dtype_option = basis_dtype
+        self.basis_dtype = BASIS_DTYPES.get(basis_dtype, torch.float32)   # auto: settled by the memory plan
         require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
         require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
         self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig)
@@ -129,16 +131,12 @@ class FoLoRA(PeftLoRAMethod):
         shapes = [(g.dim, [(modules[n].out_features, modules[n].in_features) for n in g.members]) for g in groups]
         model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         kept, available = [self._kept(g.dim) for g in groups], device_memory(device)
-        basis_bytes = torch.finfo(self.basis_dtype).bits // 8
-        per_pass = self.calibration.groups_per_pass
-        if per_pass == "auto":
-            per_pass = groups_per_pass_that_fit(shapes, self.lora_config.r, kept, model_bytes=model_bytes,
-                                                refresh=bool(self.refresh_every), available=available,
-                                                basis_bytes=basis_bytes)
-        plan = memory_plan(shapes, self.lora_config.r, kept, model_bytes=model_bytes, groups_per_pass=per_pass,
-                           refresh=bool(self.refresh_every), basis_bytes=basis_bytes)
-        check_fits(plan, available, widest=max(g.dim for g in groups), top_k=self.top_k)
-        return plan | {"groups_per_pass": per_pass or len(groups), "device_gib": available}
+        plan = choose_plan(shapes, self.lora_config.r, kept, model_bytes=model_bytes, refresh=bool(self.refresh_every),
+                           available=available, groups_per_pass=self.calibration.groups_per_pass,
+                           basis_dtype=self.basis_dtype_option)
+        self.basis_dtype = BASIS_DTYPES[plan["basis_dtype"]]
+        check_fits(plan, available, widest=max(g.dim for g in groups), top_k=self.top_k, basis_dtype=plan["basis_dtype"])
+        return plan | {"groups_per_pass": plan["groups_per_pass"] or len(groups)}
 
     def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
         """Proxy samples, both covariances of every input group, and each group's generalized eigenbasis."""
@@ -186,6 +184,7 @@ class FoLoRA(PeftLoRAMethod):
         self.member_of = dict(state["member_of"])
         self._covariances = {key: tuple(c.to(device) for c in pair) for key, pair in state["covariances"].items()}
         self.calibration_stats = state["stats"]
+        self.basis_dtype = next(iter(self.bases.values())).V.dtype   # as planned when calibrated (refreshes keep it)
 
     def state_dict(self) -> dict:
         """With basis refresh, the bases move during training and the task covariance is a running average."""
