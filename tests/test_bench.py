@@ -127,8 +127,9 @@ def test_the_8b_shapes_section_solves_and_steps_at_small_widths(tmp_path):
     report = bench.main(["model=tiny-random", "sections=shapes8b", "shape_widths=64,128", "shape_layers=1",
                          f"out={tmp_path}"])
     solves = report["shapes8b"]["solve"]
-    assert [s["width"] for s in solves] == [64, 128] and [s["top_k"] for s in solves] == [16, 32]
+    assert [s["width"] for s in solves] == [64, 128] and [s["top_k"] for s in solves] == [64, 128]   # full bases
     assert all(s["solve_s"] > 0 for s in solves)
     step = report["shapes8b"]["step"]
     assert step["layers"] == 1 and step["gated_step_s"] > 0 and step["adam_step_s"] > 0
     assert step["gated_step_s_32_layers"] == step["gated_step_s"] * 32
+    assert step["bases"] == "full, bfloat16" and report["shapes8b"]["step_top_k"]["bases"] == "d/4 top-k, float32"

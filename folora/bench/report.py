@@ -62,14 +62,17 @@ def render(report: dict) -> str:
         lines.append("")
     if "shapes8b" in report:
         r = report["shapes8b"]
-        lines += [f"FoLoRA at Llama-3.1-8B shapes ({r['scale']} scale; synthetic power-law covariances, default top-k)",
+        lines += [f"FoLoRA at Llama-3.1-8B shapes ({r['scale']} scale; synthetic power-law covariances, full bases)",
                   "  width  top_k  solve s   peak GiB"]
         lines += [f"  {x['width']:5d}  {x['top_k']:5d}  {x['solve_s']:7.2f}  "
                   f"{x['peak_gib'] if x['peak_gib'] is None else round(x['peak_gib'], 2)}" for x in r["solve"]]
-        st = r["step"]
-        lines += [f"  optimizer step, {st['layers']} layer(s) of LoRA pairs (rank 16, 7 projections): gated "
-                  f"{st['gated_step_s']:.3f} s, Adam {st['adam_step_s']:.3f} s (x{st['ratio']:.1f}); for 32 layers "
-                  f"{st['gated_step_s_32_layers']:.2f} s vs {st['adam_step_s_32_layers']:.2f} s", ""]
+        for st in (r["step"], r.get("step_top_k")):
+            if st:
+                lines += [f"  optimizer step, {st['layers']} layer(s) of LoRA pairs (rank 16, 7 projections), bases "
+                          f"{st.get('bases', 'd/4 top-k, float32')}: gated {st['gated_step_s']:.3f} s, Adam "
+                          f"{st['adam_step_s']:.3f} s (x{st['ratio']:.1f}); for 32 layers "
+                          f"{st['gated_step_s_32_layers']:.2f} s vs {st['adam_step_s_32_layers']:.2f} s"]
+        lines.append("")
     if "scaling" in report:
         lines += ["scaling (tiny-random Llama, 2 layers, MLP = 2 x width)",
                   "  width  rank  LoRA s/step  FoLoRA s/step  ratio  proxy s  cov s    solve s  Σd³"]

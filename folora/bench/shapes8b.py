@@ -3,11 +3,12 @@
 - **Solve.** Synthetic covariances of the 8B input-group widths (4096 for q/k/v, o and gate/up; 14336 for the MLP
   down-projection) with a realistic spectrum: eigenvalues decaying as a power law (C_p: i^-1, C_t: i^-1.5, the
   task covariance more concentrated), in random bases that differ between the two. The spectral solve
-  (`folora.fo_lora.spectral.solve`, float64, at the top-k the default keeps) is timed per group, with its peak
-  memory (CUDA's peak allocator statistics on a GPU; on CPU the process's peak resident memory, reset first).
+  (`folora.fo_lora.spectral.solve`, float64, the full basis) is timed per group, with its peak memory (CUDA's peak
+  allocator statistics on a GPU; on CPU the process's peak resident memory, reset first).
 - **Step.** One gated optimizer step (`GatedSpectralAdam`) over every LoRA pair of `layers` 8B-shaped layers (rank 16,
-  q/k/v/o/gate/up/down, bases at the default top-k), against `torch.optim.Adam` on the same parameters and
-  gradients. The step's cost is per layer, so 32 layers cost 32 times one layer's.
+  q/k/v/o/gate/up/down), against `torch.optim.Adam` on the same parameters and gradients: with full bases stored in
+  bf16 (what `basis_dtype: auto` picks for 8B on an 80 GB GPU) and, for comparison, with d/4 top-k bases in fp32
+  (`top_k: auto`). The step's cost is per layer, so 32 layers cost 32 times one layer's.
 
 On a GPU the widths are the real ones and all 32 layers are stepped. On CPU the same code runs at reduced scale
 (`widths`, `layers` options) and the figures say which scale they are.
@@ -68,19 +69,20 @@ def solve_costs(widths: list[int], device: torch.device) -> list[dict]:
     for dim in widths:
         c_p = synthetic_covariance(dim, 1.0, generator, device)
         c_t = synthetic_covariance(dim, 1.5, generator, device)
-        k = _kept(dim)
         _peak_reset(device)
         seconds: list[float] = []
         with clock(seconds):
-            basis = solve(c_t, c_p, top_k=k)
+            basis = solve(c_t, c_p)
         rows.append({"width": dim, "top_k": basis.k, "solve_s": seconds[0], "peak_gib": _peak_gib(device),
                      "lambda_max": float(basis.lam[0]), "lambda_rest_mean": float(basis.lam_rest.mean()) if basis.lam_rest is not None else None})
         del c_p, c_t, basis
     return rows
 
 
-def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: int = 3) -> dict:
-    """One gated step over `layers` 8B-shaped layers' LoRA pairs (widths multiplied by `scale`) against Adam."""
+def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: int = 3, *, top_k: bool = False,
+               basis_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """One gated step over `layers` 8B-shaped layers' LoRA pairs (widths multiplied by `scale`) against Adam, with
+    full bases (or d/4 top-k ones) stored at `basis_dtype`."""
     generator = torch.Generator().manual_seed(0)
     shapes = {name: (max(1, int(d_out * scale)), max(1, int(d_in * scale))) for name, (d_out, d_in) in LAYER.items()}
     pairs, params = [], []
@@ -89,9 +91,9 @@ def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: i
         for name, (d_out, d_in) in shapes.items():
             group = SHARED[name]
             if group not in bases:
-                k = _kept(d_in) or d_in
+                k = (_kept(d_in) if top_k else None) or d_in
                 v = torch.randn(d_in, k, generator=generator).to(device) / math.sqrt(d_in)
-                bases[group] = _basis(v, generator, device)
+                bases[group] = _basis(v.to(basis_dtype), generator, device)
             a = torch.nn.Parameter(torch.randn(RANK, d_in, generator=generator).to(device) / math.sqrt(d_in))
             b = torch.nn.Parameter(torch.randn(d_out, RANK, generator=generator).to(device) * 1e-3)
             pairs.append((a, b, bases[group]))
@@ -108,13 +110,15 @@ def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: i
             with torch.no_grad(), clock(seconds):
                 optimizer.step()
     gated_s, adam_s = statistics.median(times["gated"]), statistics.median(times["adam"])
-    return {"layers": layers, "scale": scale, "gated_step_s": gated_s, "adam_step_s": adam_s, "ratio": gated_s / adam_s,
+    return {"layers": layers, "scale": scale, "bases": f"{'d/4 top-k' if top_k else 'full'}, "
+                                                        f"{str(basis_dtype).removeprefix('torch.')}",
+            "gated_step_s": gated_s, "adam_step_s": adam_s, "ratio": gated_s / adam_s,
             "gated_step_s_32_layers": gated_s * 32 / layers, "adam_step_s_32_layers": adam_s * 32 / layers,
             "lora_params": sum(p.numel() for p in params)}
 
 
 def _kept(dim: int) -> int | None:
-    """The default rule, applied below its width threshold too (reduced-scale widths keep the same fraction)."""
+    """The top-k rule, applied below its width threshold too (reduced-scale widths keep the same fraction)."""
     return top_k_for(dim, "auto", FRACTION, min(MIN_DIM, dim))
 
 
@@ -127,4 +131,5 @@ def _basis(v: torch.Tensor, generator: torch.Generator, device) -> Basis:
 
 def shapes_8b(device: torch.device, widths: list[int], layers: int, scale: float) -> dict:
     return {"solve": solve_costs(widths, device), "step": step_costs(layers, device, scale),
+            "step_top_k": step_costs(layers, device, scale, top_k=True, basis_dtype=torch.float32),
             "scale": "full" if scale == 1.0 and max(widths) >= MLP else "reduced"}
