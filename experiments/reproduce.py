@@ -179,6 +179,8 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
     run computes."""
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
+    # a partial cell checkpointed by older code starts over: each cell is computed by one version (its results.json)
+    execution = ["train.on_code_change=restart"]
     # keys that change how a run executes, not what it computes (threads, checkpoint interval, ...) stay out of the
     # cell's folder name, as they stay out of a checkpoint's identity: a restart with other values finds the cell
     excluded = list(dict.fromkeys([*EXECUTION_KEYS, *(_override_key(o) for o in fixed)]))
@@ -195,7 +197,7 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
         commands.append([sys.executable, "-m", "folora.run", "-m", f"experiment={spec.name}", *fixed,
                          f"task={tasks}", f"method={method}", f"seed={seeds}", *knob,
                          *([f"variant={variant}", *variants[variant]] if variant is not None else []),
-                         "skip_completed=true",
+                         "skip_completed=true", *execution,
                          f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:job.override_dirname}",
                          f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]",
                          *LAUNCHERS[launcher], *launch])

@@ -38,7 +38,8 @@ from folora.results import package_versions, write_atomic
 FORMAT = 1
 # Keys that change how a run is executed or reported, never what it computes: a checkpoint written with one value
 # resumes under another (a sweep restarted with fewer threads, a different W&B mode, checkpoints kept or not).
-EXECUTION_KEYS = ("threads", "skip_completed", "logger", "train.checkpoint_every", "train.keep_checkpoint", "experiment")
+EXECUTION_KEYS = ("threads", "skip_completed", "logger", "train.checkpoint_every", "train.keep_checkpoint",
+                  "train.on_code_change", "experiment")
 
 
 class Interrupted(BaseException):
@@ -145,16 +146,17 @@ def code_digest(repo: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _differences(saved: dict, current: dict) -> list[str]:
-    lines = []
+def _differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(config differences, code differences) between a checkpoint's identity and the current run's."""
+    config, code = [], []
     for key in sorted(set(saved["config"]) | set(current["config"])):
         before, after = saved["config"].get(key, "<absent>"), current["config"].get(key, "<absent>")
         if before != after:
-            lines.append(f"{key}: {before!r} in the checkpoint, {after!r} now")
+            config.append(f"{key}: {before!r} in the checkpoint, {after!r} now")
     for key in sorted(set(saved["code"]) | set(current["code"])):
         if saved["code"].get(key) != current["code"].get(key):
-            lines.append(f"code {key}: {saved['code'].get(key)} in the checkpoint, {current['code'].get(key)} now")
-    return lines
+            code.append(f"code {key}: {saved['code'].get(key)} in the checkpoint, {current['code'].get(key)} now")
+    return config, code
 
 
 # --- the files -----------------------------------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class Checkpointer:
     folder: Path
     identity: dict
     every: int = 0        # steps between checkpoints; 0: only when a stop signal arrives
+    on_code_change: str = "refuse"   # a checkpoint of the same config written by other code: refuse | restart
 
     @property
     def state_path(self) -> Path:
@@ -222,11 +225,18 @@ class Checkpointer:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or "identity" not in payload:
             raise FoloraError(f"{path} is not a folora checkpoint of format {FORMAT}. Delete {self.folder} to start "
                               f"this run over.")
-        differences = _differences(payload["identity"], self.identity)
+        config, code = _differences(payload["identity"], self.identity)
+        if code and not config and self.on_code_change == "restart":
+            print(f"[folora] the checkpoint in {self.folder} was written by other code ({'; '.join(code)}); "
+                  f"train.on_code_change=restart: this run starts over with the current code", flush=True)
+            self.remove()
+            return None
+        differences = config + code
         if differences:
             shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more" if len(differences) > 8 else "")
             raise FoloraError(f"The run folder holds a checkpoint of a different run ({shown}). Resume it with the "
-                              f"config and code it was written with, or delete {self.folder} to start this run over.")
+                              f"config and code it was written with, or delete {self.folder} to start this run over"
+                              + (" (or, for a code change only, set train.on_code_change=restart)." if not config else "."))
         return {k: v for k, v in payload.items() if k not in ("format", "identity")}
 
 

@@ -100,7 +100,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             torch.set_num_threads(int(cfg.threads))
         record.data["host"]["threads"] = torch.get_num_threads()
         seed_everything(int(cfg.seed))
-        checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every))
+        checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every),
+                                   on_code_change=str(cfg.train.get("on_code_change", "refuse")))
         logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
                      job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
                                                      f"eval:{cfg.eval.name}"])

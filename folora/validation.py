@@ -73,6 +73,8 @@ RULES: tuple[Rule, ...] = (
     Rule("train.checkpoint_every", int, non_negative, "an integer >= 0 (steps between checkpoints; 0: only on a "
          "stop signal)", "train.checkpoint_every=10"),
     Rule("train.keep_checkpoint", bool, None, "true or false", "train.keep_checkpoint=true"),
+    Rule("train.on_code_change", str, lambda v: v in ("refuse", "restart"), "refuse or restart (what to do with a "
+         "checkpoint written by other code)", "train.on_code_change=restart"),
     Rule("eval.precision", str, lambda v: v in PRECISIONS, "auto, fp32 or bf16", "eval.precision=fp32"),
     Rule("train.val_examples", int, non_negative, "an integer >= 0 (0 skips the validation loss)",
          "train.val_examples=16"),

@@ -181,6 +181,20 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     assert checkpoint.identity(composed(*RUN, "threads=1"), REPO) == checkpoint.identity(composed(*RUN), REPO)
 
 
+def test_a_checkpoint_of_other_code_is_refused_or_restarted_as_configured(tmp_path, capsys):
+    identity = {"config": {"train.lr": 2e-3}, "code": {"files": "aaaa", "torch": "2.13.0"}}
+    newer = {"config": identity["config"], "code": {"files": "bbbb", "torch": "2.13.0"}}
+    Checkpointer(tmp_path / "checkpoint", identity).save_state({"step": 4})
+    with pytest.raises(FoloraError, match="code files: aaaa in the checkpoint, bbbb now.*on_code_change=restart"):
+        Checkpointer(tmp_path / "checkpoint", newer).load_state()
+    other_config = {"config": {"train.lr": 1e-3}, "code": newer["code"]}
+    with pytest.raises(FoloraError, match="train.lr"):   # another config is another run, whatever the setting
+        Checkpointer(tmp_path / "checkpoint", other_config, on_code_change="restart").load_state()
+    assert Checkpointer(tmp_path / "checkpoint", newer, on_code_change="restart").load_state() is None
+    assert "starts over with the current code" in capsys.readouterr().out
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_a_corrupted_checkpoint_is_refused(tmp_path):
     folder = tmp_path / "checkpoint"
     folder.mkdir()

@@ -131,7 +131,7 @@ def test_knob_values_become_overrides_of_each_methods_knob(tmp_path):
     by_method = {next(a for a in c if a.startswith("method=")).split("=")[1]: c for c in commands}
     assert "method.kappa=0.0,1.0,4.0,16.0" in by_method["folora"]
     assert "train.lr=0.00025,0.0005,0.001,0.002,0.004" in by_method["lora"]
-    assert all("skip_completed=true" in c for c in commands)
+    assert all("skip_completed=true" in c and "train.on_code_change=restart" in c for c in commands)
 
 
 def test_unknown_names_stop_with_a_message():
