@@ -6,8 +6,8 @@
 The workspace is built with `wandb-workspaces` (W&B's library for saved workspaces and reports; a workspace rather
 than a report because it is the project's live view, with the runs table and grouping a researcher keeps working
 in, while a report is a frozen document), filtered to the experiment's runs (`config.experiment`, the W&B group
-of a sweep), grouped by method and knob value, with the runs table showing method, knob, knob value, seed and
-task. Sections:
+of a sweep), grouped by method and knob value (and variant, in a grid of variants such as `ablations`, whose
+panels then group by variant), with the runs table showing method, knob, knob value, seed and task. Sections:
 
 1. Trade-off — target gain against forgetting (and against KL to the base, and against the preservation change),
    one point per run, coloured by group; beside it the summary run's table of cell means with their intervals.
@@ -58,7 +58,9 @@ def build_workspace(spec, entity: str, project: str):
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces import expr
 
-    by_method = wr.Config("method_name")
+    # a grid of variants (ablations) compares the variants of one method: its panels and table group by variant
+    has_variants = bool(spec.grid.get("variants"))
+    by_method = wr.Config("variant" if has_variants else "method_name")
 
     def trend(key: str, title: str):
         return wr.LinePlot(title=title, x="Step", y=[key], groupby=by_method, groupby_aggfunc="mean",
@@ -81,8 +83,9 @@ def build_workspace(spec, entity: str, project: str):
                 ws.Section(name="Live statistics: FoLoRA and LaLoRA", panels=[trend(k, t) for k, t in LIVE.items()]),
                 ws.Section(name="Per-item paired changes", panels=changes, is_open=True)]
     runset = ws.RunsetSettings(filters=f"Config('experiment') = '{spec.name}'",
-                               groupby=[expr.Config("method_name"), expr.Config("knob_value")],
-                               pinned_columns=RUN_COLUMNS)
+                               groupby=[expr.Config("method_name"), expr.Config("knob_value"),
+                                        *([expr.Config("variant")] if has_variants else [])],
+                               pinned_columns=RUN_COLUMNS + (["config:variant"] if has_variants else []))
     return ws.Workspace(entity=entity, project=project, name=f"folora — {spec.name}", sections=sections,
                         runset_settings=runset)
 

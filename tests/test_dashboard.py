@@ -62,6 +62,14 @@ def test_the_runs_table_groups_by_method_and_knob_and_shows_the_config_columns(s
         runset.pinned_columns)
 
 
+def test_a_grid_of_variants_groups_by_variant():
+    workspace = dashboard.build_workspace(load_experiment("ablations", []), "my-team", "folora")
+    assert [g.name for g in workspace.runset_settings.groupby] == ["method_name", "knob_value", "variant"]
+    assert "config:variant" in workspace.runset_settings.pinned_columns
+    for panel in panels_of(workspace)["Learning–forgetting trajectories"]:
+        assert panel.groupby.name == "variant"
+
+
 def selects(filters: list[dict], config: dict) -> bool:
     """Evaluate the saved filterV2 list (AND of equalities on config keys) on one run's config."""
     assert all(f["op"] == "=" and f["key"]["section"] == "config" for f in filters), filters
