@@ -86,12 +86,12 @@ def groups_per_pass_that_fit(groups, rank: int, kept: list[int | None], *, model
 
 
 def choose_plan(groups, rank: int, kept: list[int | None], *, model_bytes: int, refresh: bool,
-                available: float | None, groups_per_pass, basis_dtype: str) -> dict:
+                available: float | None, groups_per_pass, basis_dtype: str, headroom: float = 0.8) -> dict:
     """The plan FoLoRA will follow: the pass size (`auto`: as in `groups_per_pass_that_fit`) and the bases' storage,
-    `auto` meaning fp32 where that plan fits the device (or the device is unknown), else bf16 (on the embedded
-    model, bf16 bases gave the same gates and final scores: docs/folora.md). The chosen `basis_dtype`,
-    `groups_per_pass` (None: all at once) and `device_gib` are recorded with the plan; whether it fits is for
-    `check_fits` to say."""
+    `auto` meaning fp32 where that plan fits in `headroom` of the device (the rest is left to activations, which the
+    plan does not count) or the device is unknown, else bf16 (on the embedded model, bf16 bases gave the same gates
+    and final scores: docs/folora.md). The chosen `basis_dtype`, `groups_per_pass` (None: all at once) and
+    `device_gib` are recorded with the plan; whether it fits at all is for `check_fits` to say."""
     for name in (["fp32", "bf16"] if basis_dtype == "auto" else [basis_dtype]):
         basis_bytes = BASIS_BYTES[name]
         per_pass = groups_per_pass
@@ -100,7 +100,7 @@ def choose_plan(groups, rank: int, kept: list[int | None], *, model_bytes: int, 
                                                 available=available, basis_bytes=basis_bytes)
         plan = memory_plan(groups, rank, kept, model_bytes=model_bytes, groups_per_pass=per_pass, refresh=refresh,
                            basis_bytes=basis_bytes)
-        if available is None or plan["peak"] <= available:
+        if available is None or plan["peak"] <= headroom * available:
             break
     return plan | {"basis_dtype": name, "groups_per_pass": per_pass, "device_gib": available}
 
