@@ -7,6 +7,7 @@ used to key cached base-model evaluations.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -52,6 +53,9 @@ def load_model(cfg: DictConfig) -> LoadedModel:
     loaded = loaders[cfg.source](cfg)
     _ensure_chat_ready(loaded.tokenizer)
     loaded.model.eval()
+    if cfg.get("dtype", "fp32") == "bf16":   # frozen weights stored in bf16 (half the memory; needs bf16 autocast)
+        loaded.model.to(torch.bfloat16)
+        loaded = dataclasses.replace(loaded, fingerprint=f"{loaded.fingerprint}-bf16")
     return loaded
 
 

@@ -168,6 +168,12 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     device = pick_device(cfg.device)
     method = build_method(cfg.method)
     eval_precision = precision.resolve(cfg.eval.precision, device)   # eval, calibration and drafts
+    if cfg.model.get("dtype", "fp32") == "bf16" and "fp32" in (eval_precision,
+                                                              precision.resolve(cfg.train.precision, device)):
+        raise FoloraError(f"model.dtype=bf16 stores the frozen weights in bf16, which only bf16 autocast can compute "
+                          f"with; here train.precision={cfg.train.precision} and eval.precision={cfg.eval.precision} "
+                          f"resolve to fp32 on {device.type}. Set train.precision=bf16 eval.precision=bf16, or "
+                          f"model.dtype=fp32.")
     resume, calibration = checkpoints.load_state(), checkpoints.load_calibration()
     if resume is not None:
         print(f"[folora] resuming from the checkpoint of step {resume['step']} in {checkpoints.folder}", flush=True)

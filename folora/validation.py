@@ -98,6 +98,8 @@ RULES: tuple[Rule, ...] = (
     Rule("task.eval.target", list, bool, "a non-empty list of eval items", "task.eval.target=[math_strict]"),
     Rule("task.eval.related", list, None, "a list of eval items", "task.eval.related=[math_flexible]"),
     Rule("model.init_seed", int, non_negative, "a non-negative integer", "model.init_seed=0"),
+    Rule("model.dtype", str, lambda v: v in ("fp32", "bf16"), "fp32 or bf16 (how the frozen weights are stored)",
+         "model.dtype=bf16"),
     Rule("model.vocab_size", int, positive, "a positive integer", "model.vocab_size=512"),
     Rule("logger.mode", str, lambda v: v in ("offline", "online", "disabled"), "offline, online or disabled",
          "logger.mode=offline"),
