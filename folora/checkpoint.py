@@ -147,12 +147,14 @@ def code_digest(repo: Path) -> str:
 
 
 def _differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
-    """(config differences, code differences) between a checkpoint's identity and the current run's."""
+    """(config differences, code differences) between a checkpoint's identity and the current run's. A key that only
+    one side has was added or removed by a change of the code (its configs), so it counts as a code difference."""
     config, code = [], []
     for key in sorted(set(saved["config"]) | set(current["config"])):
         before, after = saved["config"].get(key, "<absent>"), current["config"].get(key, "<absent>")
         if before != after:
-            config.append(f"{key}: {before!r} in the checkpoint, {after!r} now")
+            side = code if "<absent>" in (before, after) else config
+            side.append(f"{key}: {before!r} in the checkpoint, {after!r} now")
     for key in sorted(set(saved["code"]) | set(current["code"])):
         if saved["code"].get(key) != current["code"].get(key):
             code.append(f"code {key}: {saved['code'].get(key)} in the checkpoint, {current['code'].get(key)} now")

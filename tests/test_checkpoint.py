@@ -193,6 +193,12 @@ def test_a_checkpoint_of_other_code_is_refused_or_restarted_as_configured(tmp_pa
     assert Checkpointer(tmp_path / "checkpoint", newer, on_code_change="restart").load_state() is None
     assert "starts over with the current code" in capsys.readouterr().out
     assert not (tmp_path / "checkpoint").exists()
+    # a config key the newer code added (e.g. a new model setting) is part of the code change
+    Checkpointer(tmp_path / "checkpoint", identity).save_state({"step": 4})
+    added = {"config": {**identity["config"], "model.dtype": "fp32"}, "code": newer["code"]}
+    with pytest.raises(FoloraError, match="model.dtype: '<absent>' in the checkpoint"):
+        Checkpointer(tmp_path / "checkpoint", added).load_state()
+    assert Checkpointer(tmp_path / "checkpoint", added, on_code_change="restart").load_state() is None
 
 
 def test_a_corrupted_checkpoint_is_refused(tmp_path):
