@@ -212,7 +212,7 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
                           **({"penalty": float(result.penalty.detach())} if result.penalty is not None else {}),
                           **method.step_metrics()}
                 summary.logs.append(record)
-                log({f"train/{k}": v for k, v in record.items() if k != "step"}, step + 1)
+                log(_train_metrics(record), step + 1)
             paused += measure(step + 1)
             signum = stop_requested()   # read once: the checkpoint and the stop agree on it
             if checkpoints is not None and (signum is not None or checkpoints.due(step + 1, int(cfg.steps))):
@@ -256,12 +256,21 @@ def restore_training(trainer: Trainer, summary: TrainSummary, stream, state: dic
     return int(state["step"])
 
 
+def _train_metrics(record: dict) -> dict:
+    """A training log record as the logger receives it (the step is the logger's own axis)."""
+    return {f"train/{k}": v for k, v in record.items() if k != "step"}
+
+
+def _trajectory_metrics(point: dict) -> dict:
+    """A trajectory point as the logger receives it, without the measures it skipped."""
+    return {f"trajectory/{k}": v for k, v in point.items() if k != "step" and v is not None}
+
+
 def replay(summary: TrainSummary, log) -> None:
     """Log again what the interrupted attempt logged before its checkpoint (training records and trajectory points,
     in step order), so that the resumed run's logger history is the whole run's."""
-    events = [(r["step"], 0, {f"train/{k}": v for k, v in r.items() if k != "step"}) for r in summary.logs]
-    events += [(p["step"], 1, {f"trajectory/{k}": v for k, v in p.items() if k != "step" and v is not None})
-               for p in summary.trajectory]
+    events = [(r["step"], 0, _train_metrics(r)) for r in summary.logs]
+    events += [(p["step"], 1, _trajectory_metrics(p)) for p in summary.trajectory]
     for step, _, metrics in sorted(events, key=lambda e: (e[0], e[1])):
         log(metrics, step)
 
@@ -276,7 +285,7 @@ def _trajectory_recorder(model, trajectory, summary: TrainSummary, log, total: i
         start = time.perf_counter()
         point = trajectory(model, step)
         summary.trajectory.append(point)
-        log({f"trajectory/{k}": v for k, v in point.items() if k != "step" and v is not None}, step)
+        log(_trajectory_metrics(point), step)
         return time.perf_counter() - start
 
     return measure
