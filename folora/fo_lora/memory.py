@@ -24,7 +24,7 @@ from folora.errors import FoloraError
 
 GIB = 2**30
 FP32, FP64 = 4, 8
-BASIS_BYTES = {"fp32": 4, "bf16": 2}
+BASIS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}   # how V and PV may be stored (method.basis_dtype)
 # float64 d × d arrays alive at once in one solve: C_t, C_p, I, C_p + εI, L, L⁻¹C_t, M, U, V, and eigh's workspace
 # (about 2 more); the bench's 4096-wide solve peaked at about 11 d² above the process's baseline
 SOLVE_WORKSPACE_MATRICES = 11
@@ -93,7 +93,7 @@ def choose_plan(groups, rank: int, kept: list[int | None], *, model_bytes: int, 
     and final scores: docs/folora.md). The chosen `basis_dtype`, `groups_per_pass` (None: all at once) and
     `device_gib` are recorded with the plan; whether it fits at all is for `check_fits` to say."""
     for name in (["fp32", "bf16"] if basis_dtype == "auto" else [basis_dtype]):
-        basis_bytes = BASIS_BYTES[name]
+        basis_bytes = torch.finfo(BASIS_DTYPES[name]).bits // 8
         per_pass = groups_per_pass
         if per_pass == "auto":
             per_pass = groups_per_pass_that_fit(groups, rank, kept, model_bytes=model_bytes, refresh=refresh,

@@ -26,7 +26,7 @@ from folora.calibration.covariance import InputGroup, find_input_groups, streame
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import require
 from folora.fo_lora.gated_adam import GATES, GatedSpectralAdam
-from folora.fo_lora.memory import check_fits, choose_plan, device_memory, top_k_for
+from folora.fo_lora.memory import BASIS_DTYPES, check_fits, choose_plan, device_memory, top_k_for
 from folora.fo_lora.spectral import Basis, solve
 from folora.methods import (
     MethodContext,
@@ -54,9 +54,6 @@ class CovarianceCalibration:
         require(self.groups_per_pass in (None, "auto") or (isinstance(self.groups_per_pass, int) and self.groups_per_pass > 0),
                 f"method.calibration.groups_per_pass={self.groups_per_pass!r} must be auto, a positive integer, or null "
                 f"(all groups in one pass).")
-
-
-BASIS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class FoLoRA(PeftLoRAMethod):
