@@ -172,11 +172,12 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str] = ()) -> list[list[str]]:
+def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str] = (),
+                   grid_cells: list[Cell] | None = None) -> list[list[str]]:
     """One `python -m folora.run -m` command per method and variant: tasks x seeds x the method's knob values.
     A variant's overrides and its name (`variant=<name>`, recorded in results.json) become part of each cell's folder
     name. `launch`: Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a
-    run computes."""
+    run computes. `grid_cells`: the grid's `cells(spec)` where the caller has them (composing them again is slow)."""
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
     # a partial cell checkpointed by older code starts over: each cell is computed by one version (its results.json)
@@ -186,7 +187,7 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
     excluded = list(dict.fromkeys([*EXECUTION_KEYS, *(_override_key(o) for o in fixed)]))
     variants = resolve_variants(grid)
     by_sweep: dict[tuple[str, str | None], list[Cell]] = {}
-    for cell in cells(spec):
+    for cell in grid_cells if grid_cells is not None else cells(spec):
         by_sweep.setdefault((cell.method, cell.variant), []).append(cell)
     commands = []
     for (method, variant), group in by_sweep.items():
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = sweep_dir(spec, args.runs_root)
     out = args.out or REPO / "results" / spec.name
-    commands = sweep_commands(spec, runs, args.launcher, launch)
+    commands = sweep_commands(spec, runs, args.launcher, launch, grid_cells)
     started = time.perf_counter()
     sweep_seconds = {} if args.render_only else run_sweeps(commands)
     frame = collect([runs])
