@@ -173,15 +173,19 @@ def _override_key(override: str) -> str:
 
 
 def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str] = (),
-                   grid_cells: list[Cell] | None = None) -> list[list[str]]:
+                   grid_cells: list[Cell] | None = None, reuse_from: list[Path] = ()) -> list[list[str]]:
     """One `python -m folora.run -m` command per method and variant: tasks x seeds x the method's knob values.
     A variant's overrides and its name (`variant=<name>`, recorded in results.json) become part of each cell's folder
     name. `launch`: Hydra overrides for the launcher (e.g. hydra.launcher.partition=gpu), which do not change what a
-    run computes. `grid_cells`: the grid's `cells(spec)` where the caller has them (composing them again is slow)."""
+    run computes. `grid_cells`: the grid's `cells(spec)` where the caller has them (composing them again is slow).
+    `reuse_from`: folders whose completed runs of a cell's exact computation are adopted instead of run again
+    (another experiment's identical cell: folora/reuse.py)."""
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
     # a partial cell checkpointed by older code starts over: each cell is computed by one version (its results.json)
     execution = ["train.on_code_change=restart"]
+    if reuse_from:
+        execution.append("reuse_from=[" + ",".join(f"'{folder}'" for folder in reuse_from) + "]")
     # keys that change how a run executes, not what it computes (threads, checkpoint interval, ...) stay out of the
     # cell's folder name, as they stay out of a checkpoint's identity: a restart with other values finds the cell
     excluded = list(dict.fromkeys([*EXECUTION_KEYS, *(_override_key(o) for o in fixed)]))
@@ -264,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-root", type=Path, default=RUNS_ROOT,
                         help="where sweeps write their runs: <root>/<experiment>/runs/ (default results/)")
     parser.add_argument("--out", type=Path, default=None, help="where tables and plots go (default results/<name>)")
+    parser.add_argument("--reuse-from", type=Path, action="append", default=None, metavar="FOLDER",
+                        help="adopt completed runs of a cell's exact computation from here (default: the runs root, "
+                             "i.e. every experiment's runs; folora/reuse.py)")
+    parser.add_argument("--no-reuse", action="store_true", help="compute every cell, adopting none")
     args = parser.parse_intermixed_args(argv)
     try:
         spec = load_experiment(args.experiment, args.overrides)
@@ -277,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = sweep_dir(spec, args.runs_root)
     out = args.out or REPO / "results" / spec.name
-    commands = sweep_commands(spec, runs, args.launcher, launch, grid_cells)
+    reuse_from = [] if args.no_reuse else [p.resolve() for p in args.reuse_from or [args.runs_root]]
+    commands = sweep_commands(spec, runs, args.launcher, launch, grid_cells, reuse_from)
     started = time.perf_counter()
+    if not args.render_only:
+        runs.mkdir(parents=True, exist_ok=True)   # the runs root exists before a run checks its reuse_from folders
     sweep_seconds = {} if args.render_only else run_sweeps(commands)
     frame = collect([runs])
     statuses = {cell: cell_status(frame, cell) for cell in grid_cells}

@@ -39,7 +39,7 @@ FORMAT = 1
 # Keys that change how a run is executed or reported, never what it computes: a checkpoint written with one value
 # resumes under another (a sweep restarted with fewer threads, a different W&B mode, checkpoints kept or not).
 EXECUTION_KEYS = ("threads", "skip_completed", "logger", "train.checkpoint_every", "train.keep_checkpoint",
-                  "train.on_code_change", "experiment")
+                  "train.on_code_change", "experiment", "reuse_from")
 
 
 class Interrupted(BaseException):
@@ -115,18 +115,19 @@ class training_section:
 def identity(cfg: DictConfig, repo: Path) -> dict:
     """What a checkpoint must match to be resumed: the resolved config (less the execution keys) and the code (a
     digest of its files, and the versions of the packages that compute)."""
-    values = _flat(OmegaConf.to_container(cfg, resolve=True))
+    values = flat_config(OmegaConf.to_container(cfg, resolve=True))
     values = {k: v for k, v in values.items() if not any(k == e or k.startswith(e + ".") for e in EXECUTION_KEYS)}
     versions = package_versions()
     return {"config": values, "code": {"files": code_digest(repo),
                                        **{k: versions.get(k) for k in ("torch", "transformers", "peft", "folora")}}}
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def flat_config(tree, prefix: str = "") -> dict:
+    """A nested config as {"a.b.c": value}; lists as their repr, so that two configs compare key by key."""
     if isinstance(tree, dict):
         out = {}
         for key, value in tree.items():
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flat_config(value, f"{prefix}{key}.")
         return out
     return {prefix[:-1]: tree if not isinstance(tree, list) else repr(tree)}
 

@@ -23,7 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from folora.runner import run_experiment
+    from folora.reuse import overridden_keys
+    from folora.runner import adopt_completed_run, run_experiment
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -32,7 +33,9 @@ def main(cfg: DictConfig) -> None:
         return
     install_stop_handlers()   # SIGTERM / SIGUSR1: checkpoint at the end of the step, then stop (folora/checkpoint.py)
     try:
-        run_experiment(cfg, run_dir)
+        if not (cfg.get("reuse_from") and adopt_completed_run(
+                cfg, run_dir, overridden_keys(list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices)))):
+            run_experiment(cfg, run_dir)
     except Interrupted as stop:
         print(f"\nfolora: {stop} (run folder: {run_dir}; results.json records status=interrupted)", file=sys.stderr)
         hand_over(stop.signum)   # under submitit: requeue the job (it resumes from the checkpoint) and exit

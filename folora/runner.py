@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from folora import checkpoint, metrics, precision, report
+from folora import checkpoint, metrics, precision, report, reuse
 from folora.checkpoint import Checkpointer, Interrupted
 from folora.errors import FoloraError, require
 from folora.evals import kl, outcomes
@@ -183,9 +183,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         loaded = load_model(cfg.model)
         model, tokenizer = loaded.model.to(device), loaded.tokenizer
     with phases("load task data"):
-        drafter = BaseModelDrafter(model, tokenizer, device=device, cache_dir=cache_dir(), precision=eval_precision,
-                                   model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
-        task = load_task(cfg.task, tokenizer, drafter)
+        task = load_task_data(cfg, loaded, model, device, eval_precision)
     record.update(data=provenance(cfg, loaded, task))
     prompt_records = kl.load_prompts(cfg.eval.kl.get("prompts"))
     kl_prompts = kl.encode_prompts(tokenizer, prompt_records, int(cfg.eval.kl.max_tokens))
@@ -225,6 +223,33 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                    phases=phases, adapter=run_dir / "adapter")
+
+
+def load_task_data(cfg: DictConfig, loaded, model: torch.nn.Module, device: torch.device, eval_precision: str):
+    """The task's examples; drafts a task asks of the base model are generated (once, then cached) by `model`."""
+    drafter = BaseModelDrafter(model, loaded.tokenizer, device=device, cache_dir=cache_dir(), precision=eval_precision,
+                               model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
+    return load_task(cfg.task, loaded.tokenizer, drafter)
+
+
+def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) -> dict | None:
+    """Where `cfg.reuse_from` holds a completed run of this same computation (folora/reuse.py) on the same data,
+    record it as this run's and return the record; else None (the run computes its own)."""
+    validate_config(cfg)
+    sources = reuse.candidates(cfg, overridden, [Path(p) for p in cfg.get("reuse_from") or []], run_dir)
+    if not sources:
+        return None
+    device = pick_device(cfg.device)
+    loaded = load_model(cfg.model)
+    task = load_task_data(cfg, loaded, loaded.model.to(device), device, precision.resolve(cfg.eval.precision, device))
+    data = provenance(cfg, loaded, task)
+    for source in sources:
+        if json.loads(source.read_text()).get("data") == data:
+            record = reuse.adopt(source, cfg, run_dir, instantiate(cfg.logger), grouping_keys(cfg))
+            print(f"[folora] the same run, on the same data, completed in {source.parent}: its results are recorded "
+                  f"here (results.json: reused_from) instead of computing them again", flush=True)
+            return record
+    return None
 
 
 def provenance(cfg: DictConfig, loaded, task) -> dict:

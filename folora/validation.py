@@ -14,6 +14,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,6 +60,8 @@ RULES: tuple[Rule, ...] = (
          "device=cpu"),
     Rule("threads", int | None, positive, "a positive integer or null (every core)", "threads=1"),
     Rule("skip_completed", bool, None, "true or false", "skip_completed=true"),
+    Rule("reuse_from", list, lambda v: all(isinstance(p, str) and Path(p).is_dir() for p in v),
+         "a list of existing folders", "reuse_from=[results]"),
     Rule("train.steps", int, positive, "a positive integer (optimizer steps)", "train.steps=100"),
     Rule("train.batch_size", int, positive, "a positive integer", "train.batch_size=8"),
     Rule("train.grad_accum", int, positive, "a positive integer (micro-batches per step)", "train.grad_accum=2"),

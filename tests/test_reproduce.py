@@ -132,6 +132,15 @@ def test_knob_values_become_overrides_of_each_methods_knob(tmp_path):
     assert "method.kappa=0.0,1.0,4.0,16.0" in by_method["folora"]
     assert "train.lr=0.00025,0.0005,0.001,0.002,0.004" in by_method["lora"]
     assert all("skip_completed=true" in c and "train.on_code_change=restart" in c for c in commands)
+    assert not any(a.startswith("reuse_from=") for c in commands for a in c)
+
+
+def test_sweeps_adopt_identical_runs_from_the_given_folders_without_naming_cells_by_them(tmp_path):
+    commands = sweep_commands(load_experiment("knobs", []), tmp_path, "basic", reuse_from=[tmp_path / "results"])
+    for command in commands:
+        assert f"reuse_from=['{tmp_path / 'results'}']" in command
+        excluded = next(a for a in command if a.startswith("hydra.job.config.override_dirname.exclude_keys="))
+        assert "reuse_from" in excluded.split("=", 1)[1].strip("[]").split(",")
 
 
 def test_unknown_names_stop_with_a_message():

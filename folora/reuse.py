@@ -1,0 +1,111 @@
+"""Adopting a run another experiment already computed (`reuse_from=[folder, ...]`).
+
+Experiments share cells: `main`'s LoRA on math at the default learning rate is a point of `knobs`' LoRA curve, and
+`ablations`' `full` variant is FoLoRA at its default κ in `knobs`. On CPU the same config computes the same numbers
+(seeds everywhere), so a run started with `reuse_from` first looks in those folders for a completed run of the same
+computation and, where it finds one, records that run's results as its own (`reused_from` in results.json names the
+run that computed them) instead of spending the same CPU time again.
+
+The same computation means all of:
+- the same resolved config, less the keys that only label a run or say how it is executed (`EXECUTION_KEYS`,
+  `variant`);
+- a key only this run's config has (one added by newer code, e.g. `model.dtype`) holds its default: no override of
+  this run sets it. A key is added with the default that keeps what the code did before it existed;
+- no key only the other run's config has (that may be a `+key=value` override of its own);
+- the same data: task, eval-suite and model fingerprints (checked by the caller, which loads them).
+
+Like `skip_completed`, this does not compare code versions: a grid's cells may come from several commits, and each
+record names its own (`git`, `versions`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from omegaconf import DictConfig, OmegaConf
+
+from folora.checkpoint import EXECUTION_KEYS, flat_config
+from folora.results import write_json_atomic
+
+LABEL_KEYS = ("variant",)   # names a run; what a variant changes is in its overrides, which are compared
+
+
+def comparable(config: dict) -> dict:
+    """The flat resolved config less labels and execution keys: what decides the numbers a run computes."""
+    ignored = (*EXECUTION_KEYS, *LABEL_KEYS)
+    return {k: v for k, v in flat_config(config).items() if not any(k == e or k.startswith(e + ".") for e in ignored)}
+
+
+def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:
+    """Whether two flat comparable configs compute the same run (module docstring); `overridden`: the keys this run's
+    overrides set (a key only `mine` has must not be one of them)."""
+    if set(theirs) - set(mine):
+        return False
+    for key, value in mine.items():
+        if key in theirs:
+            if theirs[key] != value:
+                return False
+        elif any(key == o or key.startswith(o + ".") for o in overridden):
+            return False
+    return True
+
+
+def overridden_keys(overrides: list[str], groups: set[str]) -> set[str]:
+    """Config keys set by command-line overrides (`train.lr=1e-3`, `+method.x=1`), less config-group choices
+    (`method=lora` picks a file; its keys keep their defaults)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o or o.startswith("~")}
+    return {k for k in keys if k not in groups and not k.startswith("hydra.")}
+
+
+def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir: Path) -> list[Path]:
+    """Completed runs under `roots` (searched recursively for results.json) whose config computes what `cfg` does,
+    newest first."""
+    mine = comparable(OmegaConf.to_container(cfg, resolve=True))
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("results.json")):
+            if path.parent.resolve() == run_dir.resolve():
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue   # a record being written, or not ours: never adopt what cannot be read
+            if record.get("status") == "completed" and same_computation(mine, comparable(record.get("config", {})),
+                                                                         overridden):
+                found.append((record.get("finished_at", ""), path))
+    return [path for _, path in sorted(found, key=lambda f: f[0], reverse=True)]
+
+
+def adopt(source: Path, cfg: DictConfig, run_dir: Path, logger, grouping: dict) -> dict:
+    """Write `source`'s record into `run_dir` as this run's, under this run's config and labels, with its per-document
+    outcomes; log it as a completed logger run (the training history replayed, the final scores, the summary)."""
+    from folora.runner import summary_metrics
+    from folora.training import replay
+
+    record = json.loads(source.read_text())
+    origin = record.get("reused_from") or {"results": str(source.resolve()),
+                                           "experiment": record["config"].get("experiment"),
+                                           "variant": record["config"].get("variant"),
+                                           "git": record.get("git")}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    record |= {"config": resolved, "reused_from": origin, "adopted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    shutil.copyfile(source.parent / record.get("outcomes", "outcomes.json.gz"), run_dir / "outcomes.json.gz")
+    record["outcomes"] = "outcomes.json.gz"
+
+    logger.start(run_dir, resolved | grouping | {"reused_from": origin["results"]}, name=run_dir.name,
+                 group=cfg.experiment, job_type=cfg.method.name,
+                 tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"eval:{cfg.eval.name}", "reused"])
+    train = record.get("train", {})
+    replay(SimpleNamespace(logs=train.get("logs", []), trajectory=train.get("trajectory", [])), logger.log)
+    logger.log({f"eval/{item}": entry["final"]["value"] for item, entry in record["metrics"].items()}
+               | {"eval/kl_to_base": record["kl_to_base"]["value"]}, train.get("steps"))
+    logger.summary(summary_metrics(record))
+    write_json_atomic(run_dir / "results.json", record)   # last: a completed record means everything else is there
+    logger.finish("completed")
+    return record

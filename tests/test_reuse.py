@@ -1,0 +1,106 @@
+"""Adopting another experiment's run of the same computation (`reuse_from`, folora/reuse.py): the rules that decide
+"the same", an adoption through the real entry point (record, outcomes, W&B run), and the cases that must compute."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from folora.reuse import candidates, overridden_keys, same_computation
+from tests.conftest import TINY, composed, read_results, run_folora
+from tests.wandb_offline import read_run
+
+GROUPS = {"model", "task", "method", "eval", "logger"}
+
+
+def test_a_key_only_this_run_has_must_hold_its_default():
+    mine = {"train.lr": 0.002, "model.dtype": "fp32"}
+    theirs = {"train.lr": 0.002}                                   # written before model.dtype existed
+    assert same_computation(mine, theirs, overridden=set())
+    assert not same_computation(mine, theirs, overridden={"model.dtype"})   # model.dtype=fp32 given explicitly
+
+
+def test_a_key_only_the_other_run_has_or_a_different_value_is_another_computation():
+    assert not same_computation({"train.lr": 0.002}, {"train.lr": 0.002, "method.extra": 1}, overridden=set())
+    assert not same_computation({"train.lr": 0.002}, {"train.lr": 0.001}, overridden=set())
+    assert same_computation({"train.lr": 0.002, "seed": 0}, {"seed": 0, "train.lr": 2.0e-3}, overridden={"seed"})
+
+
+def test_overridden_keys_leave_out_group_choices_and_hydra_keys():
+    overrides = ["method=lora", "train.lr=0.002", "+method.extra=1", "~method.dropout", "hydra.verbose=true", "seed=0"]
+    assert overridden_keys(overrides, GROUPS) == {"train.lr", "method.extra", "method.dropout", "seed"}
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A completed tiny run of experiment `knobs-like`, its learning rate given explicitly as a knob grid does."""
+    root = tmp_path_factory.mktemp("reuse")
+    run_dir = root / "knobs-like" / "runs" / "cell"
+    process = run_folora(run_dir, *TINY, "experiment=knobs-like", "train.lr=0.002")
+    assert process.returncode == 0, process.stderr[-3000:]
+    return root, run_dir
+
+
+def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_run, tmp_path):
+    root, source = source_run
+    run_dir = tmp_path / "main-cell"
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    process = run_folora(run_dir, *overrides, "logger=wandb", "experiment=main-like", "variant=full",
+                         f"reuse_from=['{root / 'knobs-like'}']")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "instead of computing them again" in process.stdout
+    original, adopted = read_results(source), read_results(run_dir)
+    assert adopted["status"] == "completed"
+    assert adopted["reused_from"]["results"] == str(source / "results.json")
+    assert adopted["reused_from"]["experiment"] == "knobs-like" and adopted["reused_from"]["git"] == original["git"]
+    assert adopted["config"]["experiment"] == "main-like" and adopted["config"]["variant"] == "full"
+    for key in ("metrics", "target_gain", "forgetting", "kl_to_base", "train", "timing", "data", "versions"):
+        assert adopted[key] == original[key], key
+    with gzip.open(source / "outcomes.json.gz") as a, gzip.open(run_dir / "outcomes.json.gz") as b:
+        assert json.load(a) == json.load(b)
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "adapter").exists()
+
+    offline = list((run_dir / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(offline) == 1
+    logged = read_run(offline[0])
+    assert logged["group"] == "main-like" and logged["config"]["reused_from"] == str(source / "results.json")
+    assert logged["summary"]["status"] == "completed"
+    assert logged["summary"]["forgetting"] == pytest.approx(original["forgetting"]["value"])
+    steps = {row["_step"] for row in logged["history"] if "train/loss" in row}
+    assert steps == {log["step"] for log in original["train"]["logs"]}
+
+    # adopted again from the adopted copy: the origin stays the run that computed it
+    again = tmp_path / "again"
+    process = run_folora(again, *TINY, "experiment=third", f"reuse_from=['{tmp_path}']")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert read_results(again)["reused_from"]["results"] == str(source / "results.json")
+
+
+def test_other_data_or_another_config_is_computed_not_adopted(source_run, tmp_path, monkeypatch):
+    from folora.runner import adopt_completed_run
+
+    root, source = source_run
+    changed = tmp_path / "changed"
+    shutil.copytree(source, changed / "cell", ignore=shutil.ignore_patterns("adapter", "wandb"))
+    record = read_results(changed / "cell")
+    record["data"]["task"]["fingerprint"] = "another task data"
+    (changed / "cell" / "results.json").write_text(json.dumps(record))
+    cfg = composed(*TINY, "experiment=main-like", f"reuse_from=['{changed}']")
+    assert candidates(cfg, overridden_keys(list(TINY), GROUPS), [changed], tmp_path / "new")   # the config matches
+    assert adopt_completed_run(cfg, tmp_path / "new", overridden_keys(list(TINY), GROUPS)) is None
+
+    other_seed = composed(*TINY, "seed=1", f"reuse_from=['{root}']")
+    assert adopt_completed_run(other_seed, tmp_path / "new", overridden_keys([*TINY, "seed=1"], GROUPS)) is None
+    explicit = composed(*TINY, "model.dtype=fp32", f"reuse_from=['{root}']")   # a key the source never named
+    same = composed(*TINY, f"reuse_from=['{root}']")
+    assert adopt_completed_run(same, tmp_path / "same", overridden_keys(list(TINY), GROUPS)) is not None
+    assert adopt_completed_run(explicit, tmp_path / "new", overridden_keys([*TINY, "model.dtype=fp32"], GROUPS)) \
+        is not None   # both configs hold model.dtype (the source wrote it): an explicit equal value is the same run
+
+
+def test_a_reuse_folder_that_does_not_exist_is_refused(tmp_path):
+    process = run_folora(tmp_path / "run", *TINY, f"reuse_from=['{tmp_path / 'missing'}']")
+    assert process.returncode == 2
+    assert "reuse_from" in process.stderr and "existing folders" in process.stderr
+    assert read_results(tmp_path / "run") is None
