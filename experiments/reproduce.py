@@ -280,12 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ExperimentError(f"--jobs runs cells in parallel on this machine (the joblib launcher); it does not "
                                   f"combine with --launcher {args.launcher}. Drop one of them.")
         launch = [*parallel_jobs(args.jobs), *args.launch] if args.jobs is not None else args.launch
+        reuse_from = reuse_folders(args)
     except ExperimentError as error:
         print(f"reproduce: error: {error}", file=sys.stderr)
         return 2
     runs = sweep_dir(spec, args.runs_root)
     out = args.out or REPO / "results" / spec.name
-    reuse_from = [] if args.no_reuse else [p.resolve() for p in args.reuse_from or [args.runs_root]]
     commands = sweep_commands(spec, runs, args.launcher, launch, grid_cells, reuse_from)
     started = time.perf_counter()
     if not args.render_only:
@@ -303,6 +303,22 @@ def main(argv: list[str] | None = None) -> int:
     _log_summary(spec, frame, written, runs)
     print(f"\n[reproduce] {spec.name}: {provenance['cells']}; written to {out}", flush=True)
     return 0 if provenance["cells"].get("completed", 0) == len(grid_cells) else 1
+
+
+def reuse_folders(args) -> list[Path]:
+    """The folders whose completed runs a sweep's cells may adopt: --reuse-from, else the runs root (created with
+    the sweep); none with --no-reuse."""
+    if args.no_reuse:
+        return []
+    folders = [p.resolve() for p in args.reuse_from or [args.runs_root]]
+    for folder in folders:
+        if args.reuse_from and not folder.is_dir():
+            raise ExperimentError(f"--reuse-from {folder}: no such folder. Name a folder of runs, e.g. "
+                                  f"--reuse-from results, or drop the option.")
+        if "'" in str(folder) or "${" in str(folder):
+            raise ExperimentError(f"--reuse-from {folder}: a path with ' or ${{ cannot be passed to Hydra's "
+                                  f"override; move the runs or use --no-reuse.")
+    return folders
 
 
 def _relative(path: Path) -> str:
@@ -324,7 +340,8 @@ def _describe(cell: Cell) -> dict:
 def _command_line(args) -> str:
     launcher = [] if args.launcher == "basic" else [f"LAUNCHER={args.launcher}"]
     launcher += [f"JOBS={args.jobs}"] if args.jobs else []
-    extra = [f'ARGS="{" ".join(args.overrides)}"'] if args.overrides else []
+    flags = ["--no-reuse"] if args.no_reuse else [f"--reuse-from {_relative(p.resolve())}" for p in args.reuse_from or []]
+    extra = [f'ARGS="{" ".join([*args.overrides, *flags])}"'] if args.overrides or flags else []
     return " ".join(["make reproduce-table", f"TABLE={args.experiment}", *launcher, *extra])
 
 

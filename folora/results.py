@@ -96,6 +96,11 @@ def git_state(repo: Path) -> dict:
     return {"sha": sha or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if sha else None}
 
 
+def host_info() -> dict:
+    """Where and how a run was started: the platform and the command line."""
+    return {"platform": platform.platform(), "argv": sys.argv}
+
+
 class RunRecord:
     """The run's results.json. Status goes running -> completed, or running -> failed with the error."""
 
@@ -103,7 +108,7 @@ class RunRecord:
         self.path = path
         self.data = {"schema_version": SCHEMA_VERSION, "status": "running", "config": config,
                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
-                     "git": git_state(repo), "host": {"platform": platform.platform(), "argv": sys.argv}}
+                     "git": git_state(repo), "host": host_info()}
         self.write()
 
     def update(self, **fields) -> None:

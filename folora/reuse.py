@@ -10,7 +10,9 @@ The same computation means all of:
 - the same resolved config, less the keys that only label a run or say how it is executed (`EXECUTION_KEYS`,
   `variant`);
 - a key only this run's config has (one added by newer code, e.g. `model.dtype`) holds its default: no override of
-  this run sets it. A key is added with the default that keeps what the code did before it existed;
+  this run sets it, and no override picks a config file other than the primary config's default for its group (a
+  file such as `model=llama-3.1-8b-instruct` sets `dtype: bf16` itself). A key is added with the default that keeps
+  what the code did before it existed;
 - no key only the other run's config has (that may be a `+key=value` override of its own);
 - the same data: task, eval-suite and model fingerprints (checked by the caller, which loads them).
 
@@ -29,7 +31,7 @@ from types import SimpleNamespace
 from omegaconf import DictConfig, OmegaConf
 
 from folora.checkpoint import EXECUTION_KEYS, flat_config
-from folora.results import write_json_atomic
+from folora.results import write_bytes_atomic, write_json_atomic
 
 LABEL_KEYS = ("variant",)   # names a run; what a variant changes is in its overrides, which are compared
 
@@ -41,24 +43,49 @@ def comparable(config: dict) -> dict:
 
 
 def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:
-    """Whether two flat comparable configs compute the same run (module docstring); `overridden`: the keys this run's
-    overrides set (a key only `mine` has must not be one of them)."""
+    """Whether two flat comparable configs compute the same run (module docstring); `overridden`: the config paths
+    this run's overrides set ("" for all of them); a key only `mine` has must not lie under one of them."""
     if set(theirs) - set(mine):
         return False
     for key, value in mine.items():
         if key in theirs:
             if theirs[key] != value:
                 return False
-        elif any(key == o or key.startswith(o + ".") for o in overridden):
+        elif any(_under(key, path) for path in overridden):
             return False
     return True
 
 
-def overridden_keys(overrides: list[str], groups: set[str]) -> set[str]:
-    """Config keys set by command-line overrides (`train.lr=1e-3`, `+method.x=1`), less config-group choices
-    (`method=lora` picks a file; its keys keep their defaults)."""
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o or o.startswith("~")}
-    return {k for k in keys if k not in groups and not k.startswith("hydra.")}
+def _under(key: str, path: str) -> bool:
+    """Whether an override of `path` sets flat key `key`: the key itself, a subtree (`method.proxy`), or an element
+    of a list the flat key holds whole (`method.layers.0`)."""
+    return path == "" or key == path or key.startswith(path + ".") or path.startswith(key + ".")
+
+
+def overridden_keys(overrides: list[str], default_choices: dict[str, str]) -> set[str]:
+    """Config paths set by command-line overrides: values (`train.lr=1e-3`, `+method.x=1`, `~method.dropout`), and
+    the package of a config group whose file is not the primary config's default (`method=lora` where the default
+    is folora: every `method.*` key comes from another file). A group at its default (`model=smollm2-135m`) sets
+    nothing new. `default_choices`: {group: default option} of the primary config's defaults list."""
+    paths = set()
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        group, _, package = key.partition("@")
+        if group in default_choices or "/" in group:
+            if package or default_choices.get(group) != value:   # another file, or the same file put elsewhere
+                paths.add("" if package == "_global_" else package or group.replace("/", "."))
+        else:
+            paths.add(key)
+    return paths
+
+
+def default_choices(primary: Path) -> dict[str, str]:
+    """{group: option} of a primary config's defaults list (conf/config.yaml)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(primary)).get("defaults", [])
+    return {k: str(v) for entry in defaults if isinstance(entry, dict) for k, v in entry.items()}
 
 
 def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir: Path) -> list[Path]:
@@ -80,23 +107,30 @@ def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir
     return [path for _, path in sorted(found, key=lambda f: f[0], reverse=True)]
 
 
-def adopt(source: Path, cfg: DictConfig, run_dir: Path, logger, grouping: dict) -> dict:
-    """Write `source`'s record into `run_dir` as this run's, under this run's config and labels, with its per-document
-    outcomes; log it as a completed logger run (the training history replayed, the final scores, the summary)."""
+def adopt(source: Path, cfg: DictConfig, run_dir: Path, logger, grouping: dict, host: dict, repo: Path) -> dict:
+    """Write `source`'s record into `run_dir` as this run's, under this run's config, labels and command (`host`),
+    with its per-document outcomes; log it as a completed logger run (the training history replayed, the final
+    scores, the summary). The folder never holds a completed results.json with other files than its own: the record
+    is marked running first and written completed last."""
     from folora.runner import summary_metrics
     from folora.training import replay
 
     record = json.loads(source.read_text())
-    origin = record.get("reused_from") or {"results": str(source.resolve()),
+    origin = record.get("reused_from") or {"results": _shown(source, repo),
                                            "experiment": record["config"].get("experiment"),
                                            "variant": record["config"].get("variant"),
-                                           "git": record.get("git")}
+                                           "git": record.get("git"), "host": record.get("host")}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    record |= {"config": resolved, "reused_from": origin, "adopted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    shutil.copyfile(source.parent / record.get("outcomes", "outcomes.json.gz"), run_dir / "outcomes.json.gz")
+    record |= {"config": resolved, "host": host, "reused_from": origin,
+               "adopted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(run_dir / "results.json", {"status": "running", "config": resolved, "adopting": origin})
+    write_bytes_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    write_bytes_atomic(run_dir / "outcomes.json.gz",
+                       (source.parent / record.get("outcomes", "outcomes.json.gz")).read_bytes())
     record["outcomes"] = "outcomes.json.gz"
+    for stale in ("adapter", "checkpoint"):   # an earlier attempt's: the record's adapter is the source run's
+        if stale != "checkpoint" or not cfg.train.get("keep_checkpoint", False):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
 
     logger.start(run_dir, resolved | grouping | {"reused_from": origin["results"]}, name=run_dir.name,
                  group=cfg.experiment, job_type=cfg.method.name,
@@ -109,3 +143,9 @@ def adopt(source: Path, cfg: DictConfig, run_dir: Path, logger, grouping: dict) 
     write_json_atomic(run_dir / "results.json", record)   # last: a completed record means everything else is there
     logger.finish("completed")
     return record
+
+
+def _shown(path: Path, repo: Path) -> str:
+    """A path as committed records show it: relative to the checkout where it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)

@@ -21,9 +21,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from folora.reuse import overridden_keys
     from folora.runner import adopt_completed_run, run_experiment
 
     hydra_cfg = HydraConfig.get()
@@ -33,8 +35,7 @@ def main(cfg: DictConfig) -> None:
         return
     install_stop_handlers()   # SIGTERM / SIGUSR1: checkpoint at the end of the step, then stop (folora/checkpoint.py)
     try:
-        if not (cfg.get("reuse_from") and adopt_completed_run(
-                cfg, run_dir, overridden_keys(list(hydra_cfg.overrides.task), set(hydra_cfg.runtime.choices)))):
+        if not (cfg.get("reuse_from") and adopt_completed_run(cfg, run_dir, overridden(hydra_cfg))):
             run_experiment(cfg, run_dir)
     except Interrupted as stop:
         print(f"\nfolora: {stop} (run folder: {run_dir}; results.json records status=interrupted)", file=sys.stderr)
@@ -49,6 +50,14 @@ def main(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # an exception, not an exit: Hydra marks this job failed and the sweep's other jobs still run
         sys.exit(2)
+
+
+def overridden(hydra_cfg) -> set[str]:
+    """The config paths this job's overrides set (folora/reuse.py: what an adopted run must not differ in)."""
+    from folora.reuse import default_choices, overridden_keys
+
+    primary = CONF / f"{hydra_cfg.job.config_name}.yaml"
+    return overridden_keys(list(hydra_cfg.overrides.task), default_choices(primary) if primary.is_file() else {})
 
 
 def completed(run_dir: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint, s
 from folora.evals.trajectory import Trajectory
 from folora.methods import Method, MethodContext
 from folora.models import cache_dir, load_model
-from folora.results import RunRecord, cache_lock, write_json_atomic
+from folora.results import RunRecord, cache_lock, host_info, write_json_atomic
 from folora.tasks.data import load_task
 from folora.tasks.drafts import BaseModelDrafter
 from folora.training import TrainSummary, train, validation_loss
@@ -234,21 +235,40 @@ def load_task_data(cfg: DictConfig, loaded, model: torch.nn.Module, device: torc
 
 def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) -> dict | None:
     """Where `cfg.reuse_from` holds a completed run of this same computation (folora/reuse.py) on the same data,
-    record it as this run's and return the record; else None (the run computes its own)."""
-    validate_config(cfg)
+    record it as this run's and return the record; else None, and the run computes its own. Whatever stops an
+    adoption (a config error, a model that does not load, an unreadable source) leaves the run to `run_experiment`,
+    which reports and records a config error as it always does."""
+    try:
+        validate_config(cfg)
+    except FoloraError:
+        return None
     sources = reuse.candidates(cfg, overridden, [Path(p) for p in cfg.get("reuse_from") or []], run_dir)
     if not sources:
         return None
-    device = pick_device(cfg.device)
-    loaded = load_model(cfg.model)
-    task = load_task_data(cfg, loaded, loaded.model.to(device), device, precision.resolve(cfg.eval.precision, device))
-    data = provenance(cfg, loaded, task)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        device = pick_device(cfg.device)
+        loaded = load_model(cfg.model)
+        eval_precision = precision.resolve(cfg.eval.precision, device)
+        data = provenance(cfg, loaded, load_task_data(cfg, loaded, loaded.model.to(device), device, eval_precision))
+    except FoloraError:
+        return None
     for source in sources:
-        if json.loads(source.read_text()).get("data") == data:
-            record = reuse.adopt(source, cfg, run_dir, instantiate(cfg.logger), grouping_keys(cfg))
-            print(f"[folora] the same run, on the same data, completed in {source.parent}: its results are recorded "
-                  f"here (results.json: reused_from) instead of computing them again", flush=True)
-            return record
+        if json.loads(source.read_text()).get("data") != data:
+            continue
+        logger = instantiate(cfg.logger)
+        try:
+            record = reuse.adopt(source, cfg, run_dir, logger, grouping_keys(cfg),
+                                 host_info() | {"threads": torch.get_num_threads()}, REPO)
+        except Exception as error:   # a source that cannot be copied: the next one, or compute the run
+            logger.finish("failed")
+            print(f"[folora] could not adopt {source.parent} ({type(error).__name__}: {error}); the run goes on "
+                  f"without it", file=sys.stderr, flush=True)
+            continue
+        print(f"[folora] the same run, on the same data, completed in {source.parent}: its results are recorded "
+              f"here (results.json: reused_from) instead of computing them again", flush=True)
+        return record
     return None
 
 

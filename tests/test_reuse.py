@@ -7,18 +7,22 @@ import shutil
 
 import pytest
 
-from folora.reuse import candidates, overridden_keys, same_computation
-from tests.conftest import TINY, composed, read_results, run_folora
+from folora.reuse import candidates, default_choices, overridden_keys, same_computation
+from tests.conftest import REPO, TINY, composed, read_results, run_folora
 from tests.wandb_offline import read_run
 
-GROUPS = {"model", "task", "method", "eval", "logger"}
+GROUPS = {"model": "smollm2-135m", "task": "math", "method": "folora", "eval": "embedded", "logger": "wandb"}
 
 
 def test_a_key_only_this_run_has_must_hold_its_default():
-    mine = {"train.lr": 0.002, "model.dtype": "fp32"}
-    theirs = {"train.lr": 0.002}                                   # written before model.dtype existed
+    mine = {"train.lr": 0.002, "model.dtype": "fp32", "model.name": "smollm2-135m"}
+    theirs = {"train.lr": 0.002, "model.name": "smollm2-135m"}     # written before model.dtype existed
     assert same_computation(mine, theirs, overridden=set())
     assert not same_computation(mine, theirs, overridden={"model.dtype"})   # model.dtype=fp32 given explicitly
+    assert not same_computation(mine, theirs, overridden={"model"})   # another model file, which may set dtype itself
+    assert not same_computation(mine, theirs, overridden={""})        # a _global_ package: anything may differ
+    lists = {"method.layers": "[1, 2]", "seed": 0}
+    assert not same_computation(lists, {"seed": 0}, overridden={"method.layers.0"})   # one element of a list set
 
 
 def test_a_key_only_the_other_run_has_or_a_different_value_is_another_computation():
@@ -27,9 +31,13 @@ def test_a_key_only_the_other_run_has_or_a_different_value_is_another_computatio
     assert same_computation({"train.lr": 0.002, "seed": 0}, {"seed": 0, "train.lr": 2.0e-3}, overridden={"seed"})
 
 
-def test_overridden_keys_leave_out_group_choices_and_hydra_keys():
-    overrides = ["method=lora", "train.lr=0.002", "+method.extra=1", "~method.dropout", "hydra.verbose=true", "seed=0"]
-    assert overridden_keys(overrides, GROUPS) == {"train.lr", "method.extra", "method.dropout", "seed"}
+def test_overridden_keys_name_values_and_config_files_other_than_the_default():
+    overrides = ["method=lora", "model=smollm2-135m", "train.lr=0.002", "+method.extra=1", "~method.dropout",
+                 "hydra.verbose=true", "hydra/launcher=joblib", "seed=0", "method.layers.0=3", "model@other=tiny-random",
+                 "method/_base=x", "task@_global_=math"]
+    assert overridden_keys(overrides, GROUPS) == {"method", "train.lr", "method.extra", "method.dropout", "seed",
+                                                  "method.layers.0", "other", "method._base", ""}
+    assert default_choices(REPO / "conf" / "config.yaml") == GROUPS
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +63,8 @@ def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_r
     assert adopted["reused_from"]["results"] == str(source / "results.json")
     assert adopted["reused_from"]["experiment"] == "knobs-like" and adopted["reused_from"]["git"] == original["git"]
     assert adopted["config"]["experiment"] == "main-like" and adopted["config"]["variant"] == "full"
-    for key in ("metrics", "target_gain", "forgetting", "kl_to_base", "train", "timing", "data", "versions"):
+    assert "experiment=main-like" in adopted["host"]["argv"] and adopted["reused_from"]["host"] == original["host"]
+    for key in ("metrics", "target_gain", "forgetting", "kl_to_base", "train", "timing", "data", "versions", "git"):
         assert adopted[key] == original[key], key
     with gzip.open(source / "outcomes.json.gz") as a, gzip.open(run_dir / "outcomes.json.gz") as b:
         assert json.load(a) == json.load(b)
@@ -90,6 +99,12 @@ def test_other_data_or_another_config_is_computed_not_adopted(source_run, tmp_pa
     assert candidates(cfg, overridden_keys(list(TINY), GROUPS), [changed], tmp_path / "new")   # the config matches
     assert adopt_completed_run(cfg, tmp_path / "new", overridden_keys(list(TINY), GROUPS)) is None
 
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken / "cell", ignore=shutil.ignore_patterns("adapter", "wandb", "outcomes.json.gz"))
+    cfg = composed(*TINY, f"reuse_from=['{broken}']")
+    assert adopt_completed_run(cfg, tmp_path / "broken-adopter", overridden_keys(list(TINY), GROUPS)) is None
+    assert read_results(tmp_path / "broken-adopter")["status"] == "running"   # never a completed record without outcomes
+
     other_seed = composed(*TINY, "seed=1", f"reuse_from=['{root}']")
     assert adopt_completed_run(other_seed, tmp_path / "new", overridden_keys([*TINY, "seed=1"], GROUPS)) is None
     explicit = composed(*TINY, "model.dtype=fp32", f"reuse_from=['{root}']")   # a key the source never named
@@ -103,4 +118,4 @@ def test_a_reuse_folder_that_does_not_exist_is_refused(tmp_path):
     process = run_folora(tmp_path / "run", *TINY, f"reuse_from=['{tmp_path / 'missing'}']")
     assert process.returncode == 2
     assert "reuse_from" in process.stderr and "existing folders" in process.stderr
-    assert read_results(tmp_path / "run") is None
+    assert read_results(tmp_path / "run")["status"] == "failed"   # recorded as any config error is
