@@ -80,10 +80,12 @@ def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_r
     assert steps == {log["step"] for log in original["train"]["logs"]}
 
     # adopted again from the adopted copy: the origin stays the run that computed it
-    again = tmp_path / "again"
-    process = run_folora(again, *TINY, "experiment=third", f"reuse_from=['{tmp_path}']")
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert read_results(again)["reused_from"]["results"] == str(source / "results.json")
+    from folora.runner import adopt_completed_run
+
+    again = composed(*TINY, "experiment=third", f"reuse_from=['{tmp_path}']")
+    record = adopt_completed_run(again, tmp_path / "again", overridden_keys(list(TINY), GROUPS))
+    assert record["reused_from"]["results"] == str(source / "results.json")
+    assert read_results(tmp_path / "again")["config"]["experiment"] == "third"
 
 
 def test_other_data_or_another_config_is_computed_not_adopted(source_run, tmp_path, monkeypatch):
