@@ -63,8 +63,10 @@ def fp32_logits(model: torch.nn.Module):
     """Run the output head in fp32 (outside autocast) while the context is open: log-probabilities, bits per byte and
     KL are then computed from fp32 logits even when the rest of the forward pass runs in bf16 (a bf16 logit of
     magnitude 20 is rounded by up to 0.06 nats, as much as the effects being measured)."""
-    head = output_head(model)
-    if head is None:
+    if hasattr(model, "get_base_model"):   # a PEFT model: the head belongs to the transformers model inside
+        model = model.get_base_model()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not isinstance(head, torch.nn.Linear):
         yield
         return
 
@@ -78,37 +80,3 @@ def fp32_logits(model: torch.nn.Module):
         yield
     finally:
         del head.forward   # back to the class's forward
-
-
-def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The model's output head (of the transformers model inside a PEFT model), where it is a linear layer."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return head if isinstance(head, torch.nn.Linear) else None
-
-
-@contextlib.contextmanager
-def bf16_weights(model: torch.nn.Module, precision_used: str):
-    """While open at bf16, the frozen fp32 weights of the linear layers are held in bf16. Autocast casts each of them
-    to bf16 again at every call: for every generated token it re-reads 4 bytes and writes 2 per weight. A weight cast
-    once gives the same products bit for bit (tests/test_precision.py), at the memory of a bf16 copy beside the fp32
-    one. The output head and any weight tied to it (the input embeddings) stay fp32, as do trainable weights, norms
-    and embeddings. Nothing changes at fp32, or for weights already stored in bf16 (`model.dtype=bf16`)."""
-    if precision_used != "bf16":
-        yield
-        return
-    head = output_head(model)
-    held = []
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(module, torch.nn.Linear) and module is not head and weight is not None
-                and not weight.requires_grad and weight.dtype == torch.float32
-                and (head is None or weight is not head.weight)):
-            held.append((weight, weight.data))
-            weight.data = weight.data.to(torch.bfloat16)
-    try:
-        yield
-    finally:
-        for weight, data in held:
-            weight.data = data

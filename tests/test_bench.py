@@ -85,9 +85,6 @@ def test_generation_throughput_counts_generated_tokens_both_ways():
                                           6, torch.device("cpu"), "bf16")
     assert figures["batched"]["tokens"] > 0 and figures["one_at_a_time"]["tokens"] > 0  # pads not counted
     assert figures["speedup"] > 0
-    assert figures["batched_bf16_weights"]["tokens"] == figures["batched"]["tokens"]   # the same greedy texts
-    assert figures["bf16_weights_speedup"] > 0
-    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())   # the fp32 weights are back
 
 
 @pytest.mark.slow   # two runs through the entry point, each with two suite evaluations: minutes even on tiny-random

@@ -59,10 +59,6 @@ def render(report: dict) -> str:
             g = e["generation"]
             lines += [f"  generation, greedy, KV cache: batched {g['batched']['tokens_per_s']:.1f} tokens/s, one at a "
                       f"time {g['one_at_a_time']['tokens_per_s']:.1f} tokens/s (x{g['speedup']:.2f})"]
-            if "bf16_weights_speedup" in g:
-                lines.append(f"  the batch with the frozen weights held in bf16 (as the suite runs): "
-                             f"{g['batched_bf16_weights']['tokens_per_s']:.1f} tokens/s (x{g['bf16_weights_speedup']:.2f} "
-                             f"of autocast alone)")
         lines.append("")
     if "shapes8b" in report:
         r = report["shapes8b"]

@@ -172,29 +172,15 @@ def eval_items(model, tokenizer, eval_cfg: DictConfig, precision_used: str) -> d
 
 def generation_throughput(model, tokenizer, prompts: list[str], max_new_tokens: int, device, precision_used: str
                           ) -> dict:
-    """Greedy generation with the KV cache: all prompts in one left-padded batch vs one prompt at a time. At bf16
-    also the batch with the frozen weights held in bf16 (`precision.bf16_weights`, as the eval suite and the proxy
-    sampler run) against autocast alone, which casts every weight at every token; the two alternate, best of two
-    rounds each."""
-
-    def timed(chunks: list[list[str]], held: bool) -> dict:
+    """Greedy generation with the KV cache: all prompts in one left-padded batch vs one prompt at a time."""
+    figures = {}
+    for name, chunks in {"batched": [prompts], "one_at_a_time": [[p] for p in prompts]}.items():
         start = time.perf_counter()
-        with precision.autocast(precision_used, device), \
-                precision.bf16_weights(model, precision_used if held else "fp32"):
+        with precision.autocast(precision_used, device):
             generated = sum(greedy_chat(model, tokenizer, chunk, max_new_tokens, device)[1] for chunk in chunks)
         seconds = time.perf_counter() - start
-        return {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
-
-    batched = {"batched": False} | ({"batched_bf16_weights": True} if precision_used == "bf16" else {})
-    rounds: dict[str, list[dict]] = {name: [] for name in batched}
-    for _ in range(2):
-        for name, held in batched.items():
-            rounds[name].append(timed([prompts], held))
-    figures = {name: max(runs, key=lambda f: f["tokens_per_s"]) for name, runs in rounds.items()}
-    figures["one_at_a_time"] = timed([[p] for p in prompts], held=False)
+        figures[name] = {"tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds}
     figures["speedup"] = figures["batched"]["tokens_per_s"] / figures["one_at_a_time"]["tokens_per_s"]
-    if "batched_bf16_weights" in figures:
-        figures["bf16_weights_speedup"] = figures["batched_bf16_weights"]["tokens_per_s"] / figures["batched"]["tokens_per_s"]
     return figures
 
 

@@ -66,7 +66,7 @@ def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_f
     if not path.is_file():
         with cache_lock(path):   # parallel jobs with the same key: one samples, the others read its samples
             if not path.is_file():
-                with precision.autocast(precision_used, device), precision.bf16_weights(model, precision_used):
+                with precision.autocast(precision_used, device):
                     sequences = _sample(model, tokenizer, cfg, device)
                 stats = sequence_stats(sequences, tokenizer)
                 write_json_atomic(path, {"config": asdict(cfg), "model": model_fingerprint, "precision": precision_used,
