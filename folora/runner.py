@@ -255,14 +255,16 @@ def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) ->
     except FoloraError:
         return None
     for source in sources:
-        if json.loads(source.read_text()).get("data") != data:
-            continue
-        logger = instantiate(cfg.logger)
+        logger = None
         try:
+            if json.loads(source.read_text()).get("data") != data:
+                continue
+            logger = instantiate(cfg.logger)
             record = reuse.adopt(source, cfg, run_dir, logger, grouping_keys(cfg),
                                  host_info() | {"threads": torch.get_num_threads()}, REPO)
-        except Exception as error:   # a source that cannot be copied: the next one, or compute the run
-            logger.finish("failed")
+        except Exception as error:   # a source that cannot be read or copied: the next one, or compute the run
+            if logger is not None:
+                logger.finish("failed")
             print(f"[folora] could not adopt {source.parent} ({type(error).__name__}: {error}); the run goes on "
                   f"without it", file=sys.stderr, flush=True)
             continue
