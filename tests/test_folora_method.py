@@ -4,6 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from folora.calibration import covariance
 from folora.calibration.covariance import accumulate, find_input_groups, token_batches
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.fo_lora import FoLoRA
@@ -70,6 +71,22 @@ def test_covariance_equals_a_direct_computation_over_unpadded_tokens(tiny):
     handle.remove()
     x = seen["x"][batch["attention_mask"].bool()]
     torch.testing.assert_close(covariances[down.key].double(), x.T @ x / 7, atol=1e-4, rtol=1e-4)
+
+
+def test_the_covariance_pass_skips_the_output_head_without_changing_a_covariance(tiny):
+    names = linear_layer_names(tiny.model, FoLoRA().lora_config)
+    batch = next(token_batches([[5, 6, 7, 8, 9], [10, 11, 12]], 2, tiny.tokenizer.pad_token_id))
+    groups = find_input_groups(tiny.model, names, batch)
+    head_rows = []
+    handle = tiny.model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: head_rows.append(args[0].shape[-2]))
+    covariances, _ = accumulate(tiny.model, groups, [batch], "test")
+    handle.remove()
+    assert head_rows == [1]   # the head saw one position, not all 5
+    sums = {g.key: torch.zeros(g.dim, g.dim) for g in groups}
+    with torch.no_grad(), covariance._accumulating(tiny.model, groups, sums, [batch["attention_mask"]]):
+        tiny.model(**batch)   # every position through the head, as before
+    assert all(torch.equal(covariances[key], total / 8) for key, total in sums.items())   # 8 unpadded tokens
 
 
 def test_prepare_pairs_every_adapter_with_its_group_basis_and_reports_live_statistics(tiny, tmp_path):
