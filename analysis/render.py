@@ -307,7 +307,8 @@ def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "t
                        resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Each method's forgetting against the reference method's at the same target gain (forgetting at equal learning).
 
-    Each method's curve is its cells (knob values) ordered by mean gain, forgetting interpolated linearly in gain.
+    Each method's curve is its best trade-offs: its cells (knob values) not beaten on both mean gain and mean
+    forgetting by another of its cells, ordered by mean gain, forgetting interpolated linearly in gain.
     The matched gain is the method's own gain for a one-point curve, else the middle of the gain range both curves
     cover. The difference `method − reference` (negative: the method forgets less at equal learning) gets a
     percentile interval from a bootstrap over seeds, resampled within every cell, at the same matched gain."""
@@ -371,13 +372,16 @@ def _cells(runs: pd.DataFrame, x: str, y: str) -> list[tuple[np.ndarray, np.ndar
 
 
 def _curve(cells, pick=None) -> tuple[np.ndarray, np.ndarray]:
-    """(gains, forgetting) of a curve's cells, sorted by gain; `pick` resamples each cell's seeds."""
+    """(gains, forgetting) of a method's best trade-offs, sorted by gain: its cells' means (`pick` resamples each
+    cell's seeds) less every cell another of its cells beats on both (as much gain or more with no more forgetting).
+    A beaten cell (LoRA at a learning rate so high that it learns less and forgets more) is not what the method
+    offers at its gain; interpolating through it would make the method look worse than its own best setting."""
     means = []
     for gains, forgetting in cells:
         index = pick(len(gains)) if pick else slice(None)
-        means.append((gains[index].mean(), forgetting[index].mean()))
-    means.sort()
-    return np.array([m[0] for m in means]), np.array([m[1] for m in means])
+        means.append((float(gains[index].mean()), -float(forgetting[index].mean())))
+    front = pareto_front(means)
+    return np.array([g for g, _ in front]), np.array([-f for _, f in front])
 
 
 def _matched(cells, ref_cells, resamples: int, rng) -> dict:
@@ -485,8 +489,9 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
 
 
 def _matched_lines(matched: pd.DataFrame) -> list[str]:
-    lines = ["Forgetting at matched target gain, method − reference (negative: forgets less at equal learning; "
-             "95% bootstrap interval over seeds):", ""]
+    lines = ["Forgetting at matched target gain, method − reference, along each method's best trade-offs (cells "
+             "beaten by another cell of the same method on both gain and forgetting left out; negative: forgets less "
+             "at equal learning; 95% bootstrap interval over seeds):", ""]
     for _, r in matched.iterrows():
         if pd.isna(r.get("difference", math.nan)):
             lines.append(f"- {r.task} / {r.method} vs {r.reference}: {r.note}")

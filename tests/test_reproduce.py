@@ -195,6 +195,20 @@ def test_forgetting_at_matched_gain_interpolates_along_both_curves():
     assert "no overlap" in matched_comparison(apart).iloc[0].note
 
 
+def test_matched_gain_compares_against_the_references_best_settings_not_a_beaten_one():
+    """LoRA at a too-high rate learns less (0.15) and forgets far more (0.20) than at 1e-3 (0.3, 0.06): matching the
+    method's 0.2 between the cells sorted by gain would put LoRA at 0.153 and the method 0.143 ahead; along LoRA's
+    best settings LoRA forgets 0.04 there and the method is 0.03 ahead."""
+    rows = []
+    for seed, noise in enumerate([-0.001, 0.0, 0.001]):
+        for method, knob, gain, forgetting in [("lora", 1e-4, 0.1, 0.02), ("lora", 1e-3, 0.3, 0.06),
+                                               ("lora", 1e-2, 0.15, 0.20), ("other", 1.0, 0.2, 0.01)]:
+            rows.append({"task": "math", "method": method, "knob_value": knob, "seed": seed, "status": "completed",
+                         "target_gain": gain + noise, "forgetting": forgetting + noise})
+    matched = matched_comparison(pd.DataFrame(rows)).iloc[0]
+    assert matched.forgetting_reference == pytest.approx(0.04) and matched.difference == pytest.approx(-0.03)
+
+
 def test_pareto_front_matches_brute_force():
     import random
 
