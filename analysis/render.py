@@ -384,6 +384,11 @@ def _curve(cells, pick=None) -> tuple[np.ndarray, np.ndarray]:
     return np.array([g for g, _ in front]), np.array([-f for _, f in front])
 
 
+# Resampling two seeds with replacement gives a cell only three possible means: a percentile interval from so few
+# is far narrower than the t interval the same two seeds get (1 degree of freedom), so none is given below three.
+MIN_BOOTSTRAP_SEEDS = 3
+
+
 def _matched(cells, ref_cells, resamples: int, rng) -> dict:
     gains, forgetting = _curve(cells)
     ref_gains, ref_forgetting = _curve(ref_cells)
@@ -401,9 +406,9 @@ def _matched(cells, ref_cells, resamples: int, rng) -> dict:
     common = {"matched_gain": at, "forgetting": np.interp(at, gains, forgetting),
               "forgetting_reference": np.interp(at, ref_gains, ref_forgetting), "difference": value,
               "min_seeds_per_cell": seeds}
-    if seeds < 2:
+    if seeds < MIN_BOOTSTRAP_SEEDS:
         return common | {"low": math.nan, "high": math.nan, "significant": False,
-                         "note": "one seed in a cell: no interval over seeds"}
+                         "note": f"{seeds} seed(s) in a cell: no interval over seeds below {MIN_BOOTSTRAP_SEEDS}"}
     replicates = []
     for _ in range(resamples):
         g, f = _curve(cells, pick)
