@@ -310,8 +310,9 @@ def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "t
     Each method's curve is its best trade-offs: its cells (knob values) not beaten on both mean gain and mean
     forgetting by another of its cells, ordered by mean gain, forgetting interpolated linearly in gain.
     The matched gain is the method's own gain for a one-point curve, else the middle of the gain range both curves
-    cover. The difference `method − reference` (negative: the method forgets less at equal learning) gets a
-    percentile interval from a bootstrap over seeds, resampled within every cell, at the same matched gain."""
+    cover. The difference `method − reference` (negative: the method forgets less at equal learning) gets a t
+    interval whose standard error comes from a bootstrap over seeds, resampled within every cell, at the same
+    matched gain (`_matched`)."""
     done = frame[(frame.status == "completed") & frame[x].notna() & frame[y].notna()]
     rows = []
     for task in sorted(done.task.unique()):
@@ -384,8 +385,8 @@ def _curve(cells, pick=None) -> tuple[np.ndarray, np.ndarray]:
     return np.array([g for g, _ in front]), np.array([-f for _, f in front])
 
 
-# Resampling two seeds with replacement gives a cell only three possible means: a percentile interval from so few
-# is far narrower than the t interval the same two seeds get (1 degree of freedom), so none is given below three.
+# Resampling two seeds with replacement gives a cell only three possible means, too few to estimate a spread from,
+# so no interval is given below three seeds per cell.
 MIN_BOOTSTRAP_SEEDS = 3
 
 
@@ -409,13 +410,21 @@ def _matched(cells, ref_cells, resamples: int, rng) -> dict:
     if seeds < MIN_BOOTSTRAP_SEEDS:
         return common | {"low": math.nan, "high": math.nan, "significant": False,
                          "note": f"{seeds} seed(s) in a cell: no interval over seeds below {MIN_BOOTSTRAP_SEEDS}"}
+    # The bootstrap gives the difference's standard error over seeds (each cell's seeds resampled, each curve's
+    # best trade-offs re-chosen per resample, so the choice's own noise is in it; a replicate whose curve ends short
+    # of `at` holds its end value). A percentile interval from so few seeds covers far less than it claims (about
+    # 80% at three seeds per cell): the plug-in variance is shrunk by (n−1)/n, and normal quantiles stand where a t
+    # interval would use t(n−1). So the interval is the point ± t(n−1) × SE·√(n/(n−1)), n the fewest seeds in a
+    # cell — conservative where other cells have more seeds or the Welch degrees of freedom would be larger.
     replicates = []
     for _ in range(resamples):
         g, f = _curve(cells, pick)
         rg, rf = _curve(ref_cells, pick)
         replicates.append(np.interp(at, g, f) - np.interp(at, rg, rf))
-    lo, hi = np.quantile(replicates, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return common | {"low": lo, "high": hi, "significant": bool(lo > 0 or hi < 0), "note": ""}
+    se = float(np.std(replicates, ddof=1)) * math.sqrt(seeds / (seeds - 1))
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, seeds - 1) * se
+    lo, hi = value - half, value + half
+    return common | {"low": lo, "high": hi, "se": se, "significant": bool(lo > 0 or hi < 0), "note": ""}
 
 
 def _row_labels(part: pd.DataFrame) -> list[str]:
@@ -496,7 +505,7 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
 def _matched_lines(matched: pd.DataFrame) -> list[str]:
     lines = ["Forgetting at matched target gain, method − reference, along each method's best trade-offs (cells "
              "beaten by another cell of the same method on both gain and forgetting left out; negative: forgets less "
-             "at equal learning; 95% bootstrap interval over seeds):", ""]
+             "at equal learning; 95% t interval over seeds, its standard error from a bootstrap over seeds):", ""]
     for _, r in matched.iterrows():
         if pd.isna(r.get("difference", math.nan)):
             lines.append(f"- {r.task} / {r.method} vs {r.reference}: {r.note}")

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
@@ -207,6 +208,20 @@ def test_matched_gain_compares_against_the_references_best_settings_not_a_beaten
                          "target_gain": gain + noise, "forgetting": forgetting + noise})
     matched = matched_comparison(pd.DataFrame(rows)).iloc[0]
     assert matched.forgetting_reference == pytest.approx(0.04) and matched.difference == pytest.approx(-0.03)
+
+
+def test_the_matched_interval_is_a_t_interval_not_a_narrow_percentile_one():
+    """One cell per side at the same gain: the difference of two 3-seed means, whose 95% interval is the mean
+    difference ± t(2) × √(s₁²/3 + s₂²/3) (t at the fewest seeds' n − 1, conservative against Welch's df). A
+    percentile bootstrap would be about 2.7 times narrower."""
+    mine, theirs = [0.010, 0.014, 0.021], [0.030, 0.026, 0.041]
+    rows = [{"task": "math", "method": method, "knob_value": 1.0, "seed": seed, "status": "completed",
+             "target_gain": 0.2, "forgetting": value}
+            for method, values in (("other", mine), ("lora", theirs)) for seed, value in enumerate(values)]
+    matched = matched_comparison(pd.DataFrame(rows), resamples=20000).iloc[0]
+    half = stats.t.ppf(0.975, 2) * np.sqrt(np.var(mine, ddof=1) / 3 + np.var(theirs, ddof=1) / 3)
+    assert matched.difference == pytest.approx(np.mean(mine) - np.mean(theirs))
+    assert (matched.high - matched.low) / 2 == pytest.approx(half, rel=0.05)
 
 
 def test_pareto_front_matches_brute_force():
