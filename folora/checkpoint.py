@@ -115,11 +115,15 @@ class training_section:
 def identity(cfg: DictConfig, repo: Path) -> dict:
     """What a checkpoint must match to be resumed: the resolved config (less the execution keys) and the code (a
     digest of its files, and the versions of the packages that compute)."""
-    values = flat_config(OmegaConf.to_container(cfg, resolve=True))
-    values = {k: v for k, v in values.items() if not any(k == e or k.startswith(e + ".") for e in EXECUTION_KEYS)}
+    values = without_keys(flat_config(OmegaConf.to_container(cfg, resolve=True)), EXECUTION_KEYS)
     versions = package_versions()
     return {"config": values, "code": {"files": code_digest(repo),
                                        **{k: versions.get(k) for k in ("torch", "transformers", "peft", "folora")}}}
+
+
+def without_keys(flat: dict, keys) -> dict:
+    """A flat config less each of `keys` and everything under it."""
+    return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in keys)}
 
 
 def flat_config(tree, prefix: str = "") -> dict:

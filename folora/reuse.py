@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
-from folora.checkpoint import EXECUTION_KEYS, flat_config
+from folora.checkpoint import EXECUTION_KEYS, flat_config, without_keys
 from folora.results import write_bytes_atomic, write_json_atomic
 
 LABEL_KEYS = ("variant",)   # names a run; what a variant changes is in its overrides, which are compared
@@ -38,8 +38,7 @@ LABEL_KEYS = ("variant",)   # names a run; what a variant changes is in its over
 
 def comparable(config: dict) -> dict:
     """The flat resolved config less labels and execution keys: what decides the numbers a run computes."""
-    ignored = (*EXECUTION_KEYS, *LABEL_KEYS)
-    return {k: v for k, v in flat_config(config).items() if not any(k == e or k.startswith(e + ".") for e in ignored)}
+    return without_keys(flat_config(config), (*EXECUTION_KEYS, *LABEL_KEYS))
 
 
 def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:
@@ -88,14 +87,15 @@ def default_choices(primary: Path) -> dict[str, str]:
     return {k: str(v) for entry in defaults if isinstance(entry, dict) for k, v in entry.items()}
 
 
-def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir: Path) -> list[Path]:
-    """Completed runs under `roots` (searched recursively for results.json) whose config computes what `cfg` does,
-    newest first."""
+def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir: Path) -> list[tuple[Path, dict]]:
+    """(results.json path, its record) of the completed runs under `roots` (searched recursively) whose config
+    computes what `cfg` does, newest first."""
     mine = comparable(OmegaConf.to_container(cfg, resolve=True))
+    own = run_dir.resolve()
     found = []
     for root in roots:
         for path in sorted(Path(root).rglob("results.json")):
-            if path.parent.resolve() == run_dir.resolve():
+            if path.parent.resolve() == own:
                 continue
             try:
                 record = json.loads(path.read_text())
@@ -103,19 +103,19 @@ def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir
                 continue   # a record being written, or not ours: never adopt what cannot be read
             if record.get("status") == "completed" and same_computation(mine, comparable(record.get("config", {})),
                                                                          overridden):
-                found.append((record.get("finished_at", ""), path))
-    return [path for _, path in sorted(found, key=lambda f: f[0], reverse=True)]
+                found.append((path, record))
+    return sorted(found, key=lambda f: f[1].get("finished_at", ""), reverse=True)
 
 
-def adopt(source: Path, cfg: DictConfig, run_dir: Path, logger, grouping: dict, host: dict, repo: Path) -> dict:
-    """Write `source`'s record into `run_dir` as this run's, under this run's config, labels and command (`host`),
+def adopt(source: Path, record: dict, cfg: DictConfig, run_dir: Path, logger, host: dict, repo: Path) -> dict:
+    """Write `source`'s `record` into `run_dir` as this run's, under this run's config, labels and command (`host`),
     with its per-document outcomes; log it as a completed logger run (the training history replayed, the final
     scores, the summary). The folder never holds a completed results.json with other files than its own: the record
     is marked running first and written completed last."""
-    from folora.runner import summary_metrics
+    from folora.runner import eval_metrics, start_logger, summary_metrics
     from folora.training import replay
 
-    record = json.loads(source.read_text())
+    record = dict(record)
     origin = record.get("reused_from") or {"results": _shown(source, repo),
                                            "experiment": record["config"].get("experiment"),
                                            "variant": record["config"].get("variant"),
@@ -132,13 +132,11 @@ def adopt(source: Path, cfg: DictConfig, run_dir: Path, logger, grouping: dict, 
         if stale != "checkpoint" or not cfg.train.get("keep_checkpoint", False):
             shutil.rmtree(run_dir / stale, ignore_errors=True)
 
-    logger.start(run_dir, resolved | grouping | {"reused_from": origin["results"]}, name=run_dir.name,
-                 group=cfg.experiment, job_type=cfg.method.name,
-                 tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"eval:{cfg.eval.name}", "reused"])
+    start_logger(logger, cfg, run_dir, resolved | {"reused_from": origin["results"]}, extra_tags=["reused"])
     train = record.get("train", {})
     replay(SimpleNamespace(logs=train.get("logs", []), trajectory=train.get("trajectory", [])), logger.log)
-    logger.log({f"eval/{item}": entry["final"]["value"] for item, entry in record["metrics"].items()}
-               | {"eval/kl_to_base": record["kl_to_base"]["value"]}, train.get("steps"))
+    logger.log(eval_metrics({item: entry["final"]["value"] for item, entry in record["metrics"].items()},
+                            record["kl_to_base"]["value"]), train.get("steps"))
     logger.summary(summary_metrics(record))
     write_json_atomic(run_dir / "results.json", record)   # last: a completed record means everything else is there
     logger.finish("completed")

@@ -97,15 +97,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     try:
         validate_config(cfg)
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
+        apply_threads(cfg)
         record.data["host"]["threads"] = torch.get_num_threads()
         seed_everything(int(cfg.seed))
         checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint.identity(cfg, REPO), int(cfg.train.checkpoint_every),
                                    on_code_change=str(cfg.train.get("on_code_change", "refuse")))
-        logger.start(run_dir, resolved | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
-                     job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
-                                                     f"eval:{cfg.eval.name}"])
+        start_logger(logger, cfg, run_dir, resolved)
         outcome = _run(cfg, run_dir, record, logger, checkpoints)
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()
@@ -126,6 +123,25 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         record.fail(error)
         logger.finish("failed")
         raise
+
+
+def apply_threads(cfg: DictConfig) -> None:
+    """The CPU threads `cfg.threads` asks for (null: torch's default, every core)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+
+
+def start_logger(logger, cfg: DictConfig, run_dir: Path, config: dict, extra_tags: list[str] = ()) -> None:
+    """A logger run for this run folder: the resolved `config` with the keys a dashboard groups by, in the
+    experiment's group, typed by method and tagged with task, model and eval suite."""
+    logger.start(run_dir, config | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
+                 job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+                                                 f"eval:{cfg.eval.name}", *extra_tags])
+
+
+def eval_metrics(final: dict[str, float], kl_to_base: float) -> dict:
+    """What a logger records of the final evaluation: every item's score and the KL to the base model."""
+    return {f"eval/{item}": value for item, value in final.items()} | {"eval/kl_to_base": kl_to_base}
 
 
 def grouping_keys(cfg: DictConfig) -> dict:
@@ -218,8 +234,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
     outcomes.save(run_dir / "outcomes.json.gz", {"base": base.outcomes, "final": final.outcomes})
-    logger.log({f"eval/{item}": score["value"] for item, score in final.scores.items()}
-               | {"eval/kl_to_base": kl_score["value"]}, summary.steps)
+    logger.log(eval_metrics({item: score["value"] for item, score in final.scores.items()}, kl_score["value"]),
+               summary.steps)
     return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -245,8 +261,7 @@ def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) ->
     sources = reuse.candidates(cfg, overridden, [Path(p) for p in cfg.get("reuse_from") or []], run_dir)
     if not sources:
         return None
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    apply_threads(cfg)
     try:
         device = pick_device(cfg.device)
         loaded = load_model(cfg.model)
@@ -254,15 +269,15 @@ def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) ->
         data = provenance(cfg, loaded, load_task_data(cfg, loaded, loaded.model.to(device), device, eval_precision))
     except FoloraError:
         return None
-    for source in sources:
+    for source, found in sources:
+        if found.get("data") != data:
+            continue
         logger = None
         try:
-            if json.loads(source.read_text()).get("data") != data:
-                continue
             logger = instantiate(cfg.logger)
-            record = reuse.adopt(source, cfg, run_dir, logger, grouping_keys(cfg),
+            record = reuse.adopt(source, found, cfg, run_dir, logger,
                                  host_info() | {"threads": torch.get_num_threads()}, REPO)
-        except Exception as error:   # a source that cannot be read or copied: the next one, or compute the run
+        except Exception as error:   # a source that cannot be copied: the next one, or compute the run
             if logger is not None:
                 logger.finish("failed")
             print(f"[folora] could not adopt {source.parent} ({type(error).__name__}: {error}); the run goes on "
