@@ -1,7 +1,7 @@
 """`make reproduce-table TABLE=<name>`: run an experiment's grid as Hydra multiruns, then render its tables and plots.
 
     python -m experiments.reproduce main                        # run what is missing, then render results/main/
-    python -m experiments.reproduce knobs --jobs 2              # two runs at a time, one CPU thread each (joblib)
+    python -m experiments.reproduce knobs --jobs 2              # two runs at a time, one CPU thread each
     python -m experiments.reproduce gpu-main --launcher slurm   # one run per GPU (conf/hydra/launcher/slurm.yaml)
     python -m experiments.reproduce main --render-only          # tables and plots from the runs that exist
     python -m experiments.reproduce smoke grid.seeds=[0,1]      # any key of the experiment file, overridden
@@ -12,7 +12,8 @@ new task or method config is picked up without code changes. Each method is one 
 over tasks x seeds x its knob values; runs land in `results/<experiment>/runs/`, in a folder named by the grid's
 fixed settings, one subfolder per cell (results.json, outcomes, config and log are committed with the tables; the
 adapters and W&B folders are not), and `skip_completed=true` makes a restarted sweep, even on a fresh clone,
-finish the rest without repeating finished runs.
+finish the rest without repeating finished runs. With `--jobs N` the cells are one queue instead, N at a time across
+the methods, each cell the same command narrowed to it (the same folder): no core waits for a method's last cell.
 A failed run records `status: failed`; the other runs still complete and the table marks the failure.
 """
 
@@ -180,6 +181,22 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
     run computes. `grid_cells`: the grid's `cells(spec)` where the caller has them (composing them again is slow).
     `reuse_from`: folders whose completed runs of a cell's exact computation are adopted instead of run again
     (another experiment's identical cell: folora/reuse.py)."""
+    by_sweep: dict[tuple[str, str | None], list[Cell]] = {}
+    for cell in grid_cells if grid_cells is not None else cells(spec):
+        by_sweep.setdefault((cell.method, cell.variant), []).append(cell)
+    return [_multirun(spec, group, runs, [*LAUNCHERS[launcher], *launch], reuse_from) for group in by_sweep.values()]
+
+
+def cell_commands(spec: DictConfig, runs: Path, launch: list[str], grid_cells: list[Cell],
+                  reuse_from: list[Path] = ()) -> dict[Cell, list[str]]:
+    """One command per cell: the sweep command of its method narrowed to the cell's task, seed and knob value. The
+    run's folder is the one the method's sweep gives it (Hydra's override_dirname of the same overrides), so cells
+    run either way find each other's completed runs."""
+    return {cell: _multirun(spec, [cell], runs, list(launch), reuse_from) for cell in grid_cells}
+
+
+def _multirun(spec: DictConfig, group: list[Cell], runs: Path, launch: list[str],
+              reuse_from: list[Path]) -> list[str]:
     grid = spec.grid
     fixed = [f"model={grid.model}", f"eval={grid.eval}", *grid.overrides, f"logger={spec.get('logger', 'wandb')}"]
     # a partial cell checkpointed by older code starts over: each cell is computed by one version (its results.json)
@@ -189,37 +206,30 @@ def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str
     # keys that change how a run executes, not what it computes (threads, checkpoint interval, ...) stay out of the
     # cell's folder name, as they stay out of a checkpoint's identity: a restart with other values finds the cell
     excluded = list(dict.fromkeys([*EXECUTION_KEYS, *(_override_key(o) for o in fixed)]))
-    variants = resolve_variants(grid)
-    by_sweep: dict[tuple[str, str | None], list[Cell]] = {}
-    for cell in grid_cells if grid_cells is not None else cells(spec):
-        by_sweep.setdefault((cell.method, cell.variant), []).append(cell)
-    commands = []
-    for (method, variant), group in by_sweep.items():
-        tasks = ",".join(dict.fromkeys(c.task for c in group))
-        seeds = ",".join(dict.fromkeys(str(c.seed) for c in group))
-        values = list(dict.fromkeys(c.value for c in group if c.value is not None))
-        knob = [f"{group[0].knob}={','.join(str(v) for v in values)}"] if values else []
-        commands.append([sys.executable, "-m", "folora.run", "-m", f"experiment={spec.name}", *fixed,
-                         f"task={tasks}", f"method={method}", f"seed={seeds}", *knob,
-                         *([f"variant={variant}", *variants[variant]] if variant is not None else []),
-                         "skip_completed=true", *execution,
-                         f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:job.override_dirname}",
-                         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]",
-                         *LAUNCHERS[launcher], *launch])
-    return commands
+    method, variant = group[0].method, group[0].variant
+    tasks = ",".join(dict.fromkeys(c.task for c in group))
+    seeds = ",".join(dict.fromkeys(str(c.seed) for c in group))
+    values = list(dict.fromkeys(c.value for c in group if c.value is not None))
+    knob = [f"{group[0].knob}={','.join(str(v) for v in values)}"] if values else []
+    variant_overrides = [f"variant={variant}", *resolve_variants(grid)[variant]] if variant is not None else []
+    return [sys.executable, "-m", "folora.run", "-m", f"experiment={spec.name}", *fixed,
+            f"task={tasks}", f"method={method}", f"seed={seeds}", *knob, *variant_overrides,
+            "skip_completed=true", *execution,
+            f"hydra.sweep.dir={runs}", "hydra.sweep.subdir=${hydra:job.override_dirname}",
+            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]", *launch]
 
 
 def parallel_jobs(jobs: int) -> list[str]:
-    """`jobs` runs at a time on this machine (Hydra's joblib launcher), each with its share of the CPU threads.
-    On 2 cores two one-thread runs finish more work per hour than one two-thread run (docs/bench.md)."""
+    """The thread setting of each of `jobs` runs at a time on this machine: its share of the CPU cores. On 2 cores
+    two one-thread runs finish more work per hour than one two-thread run (docs/bench.md)."""
     if jobs < 1:
         raise ExperimentError(f"--jobs {jobs}: give a positive number of parallel runs, e.g. --jobs 2.")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={max(1, cores // jobs)}"]
+    return [f"threads={max(1, cores // jobs)}"]
 
 
 def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
-    """Run each sweep; a sweep with a failed run exits non-zero after its other runs completed."""
+    """Run each sweep in turn; a sweep with a failed run exits non-zero after its other runs completed."""
     seconds = {}
     for command in commands:
         sweep = " ".join(a.split("=", 1)[1] for a in command if a.startswith(("method=", "variant=")))
@@ -231,6 +241,40 @@ def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
             print(f"[reproduce] {sweep}: the sweep reported a failed run (exit {process.returncode}); "
                   f"its other runs are complete", flush=True)
     return seconds
+
+
+def run_queue(commands: dict[Cell, list[str]], jobs: int) -> dict[str, float]:
+    """Run one command per cell, `jobs` at a time, starting the next cell as soon as one ends, across the grid's
+    methods and variants: a core is idle only while the grid's last cells finish, not at the end of every method's
+    sweep (a sweep of 3 cells on 2 lanes leaves one lane idle for a third of its time). A failed cell is reported
+    and the others go on. Interrupted, it stops the cells it started (each resumes from its checkpoint)."""
+    parallel_jobs(jobs)   # refuses a count below one
+    pending, running, seconds = list(commands.items()), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                cell, command = pending.pop(0)
+                print(f"\n[reproduce] start {_name(cell)}: {shlex.join(command[1:])}", flush=True)
+                running[subprocess.Popen(command, cwd=REPO)] = (cell, time.perf_counter())
+            finished = _wait_any(running)
+            cell, start = running.pop(finished)
+            seconds[_name(cell)] = round(time.perf_counter() - start, 1)
+            outcome = "done" if finished.returncode == 0 else f"failed (exit {finished.returncode})"
+            print(f"[reproduce] {outcome}: {_name(cell)} after {seconds[_name(cell)]:.0f} s; {len(pending)} waiting",
+                  flush=True)
+    finally:
+        for process in running:
+            process.terminate()
+            process.wait()
+    return seconds
+
+
+def _wait_any(running: dict) -> subprocess.Popen:
+    while True:
+        for process in running:
+            if process.poll() is not None:
+                return process
+        time.sleep(1.0)
 
 
 def _same_value(a, b) -> bool:
@@ -263,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", action="append", default=[], metavar="OVERRIDE",
                         help="a Hydra launcher override for every sweep, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="N runs at a time on this machine, each with cores/N threads (the joblib launcher)")
+                        help="N runs at a time on this machine, each with cores/N threads: one queue of cells across "
+                             "the grid's methods, the next cell starting as soon as one ends")
     parser.add_argument("--render-only", action="store_true", help="render the runs that exist, run nothing")
     parser.add_argument("--runs-root", type=Path, default=RUNS_ROOT,
                         help="where sweeps write their runs: <root>/<experiment>/runs/ (default results/)")
@@ -277,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_experiment(args.experiment, args.overrides)
         grid_cells = cells(spec)
         if args.jobs is not None and args.launcher != "basic":
-            raise ExperimentError(f"--jobs runs cells in parallel on this machine (the joblib launcher); it does not "
-                                  f"combine with --launcher {args.launcher}. Drop one of them.")
+            raise ExperimentError(f"--jobs runs cells in parallel on this machine; it does not combine with "
+                                  f"--launcher {args.launcher}. Drop one of them.")
         launch = [*parallel_jobs(args.jobs), *args.launch] if args.jobs is not None else args.launch
         reuse_from = reuse_folders(args)
     except ExperimentError as error:
@@ -288,14 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "results" / spec.name
     commands = sweep_commands(spec, runs, args.launcher, launch, grid_cells, reuse_from)
     started = time.perf_counter()
+    wall = {}
     if not args.render_only:
         runs.mkdir(parents=True, exist_ok=True)   # the runs root exists before a run checks its reuse_from folders
-    sweep_seconds = {} if args.render_only else run_sweeps(commands)
+        if args.jobs is not None:
+            todo = _not_completed(grid_cells, runs)
+            wall = run_queue(cell_commands(spec, runs, launch, todo, reuse_from), args.jobs)
+        else:
+            wall = run_sweeps(commands)
     frame = collect([runs])
     statuses = {cell: cell_status(frame, cell) for cell in grid_cells}
     provenance = {"experiment": spec.name, "command": _command_line(args), "runs": _relative(runs),
-                  "sweep_wall_s": round(time.perf_counter() - started, 1) if sweep_seconds else None,
-                  "sweep_wall_s_per_method": sweep_seconds,
+                  "sweep_wall_s": round(time.perf_counter() - started, 1) if not args.render_only else None,
+                  f"wall_s_per_{'cell' if args.jobs is not None else 'method'}": wall,
                   "sweep_commands": [shlex.join(["python", *c[1:]]) for c in commands],
                   "cells": {"total": len(grid_cells), **_counts(statuses)},
                   "not_completed": [_describe(c) | {"status": s} for c, s in statuses.items() if s != "completed"]}
@@ -303,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     _log_summary(spec, frame, written, runs)
     print(f"\n[reproduce] {spec.name}: {provenance['cells']}; written to {out}", flush=True)
     return 0 if provenance["cells"].get("completed", 0) == len(grid_cells) else 1
+
+
+def _not_completed(grid_cells: list[Cell], runs: Path) -> list[Cell]:
+    """The cells still to run; the completed ones are named, not started (each would only find its results.json)."""
+    frame = collect([runs]) if runs.is_dir() else pd.DataFrame()
+    todo = [cell for cell in grid_cells if cell_status(frame, cell) != "completed"]
+    if len(todo) < len(grid_cells):
+        print(f"[reproduce] {len(grid_cells) - len(todo)} of {len(grid_cells)} cells completed already in {runs}; "
+              f"skipped (skip_completed=true)", flush=True)
+    return todo
 
 
 def reuse_folders(args) -> list[Path]:
@@ -330,6 +390,11 @@ def _counts(statuses: dict) -> dict[str, int]:
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def _name(cell: Cell) -> str:
+    knob = [f"{cell.knob}={cell.value}"] if cell.value is not None else []
+    return " ".join([cell.method, *([cell.variant] if cell.variant else []), cell.task, *knob, f"seed={cell.seed}"])
 
 
 def _describe(cell: Cell) -> dict:

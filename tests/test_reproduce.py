@@ -4,6 +4,7 @@ and marked, and every number of the rendered table is the number in the run's re
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,16 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from analysis.render import matched_comparison, pareto_front, summarize, variant_comparison
-from experiments.reproduce import CONF, ExperimentError, cells, load_experiment, parallel_jobs, sweep_commands
+from experiments.reproduce import (
+    CONF,
+    Cell,
+    ExperimentError,
+    cells,
+    load_experiment,
+    parallel_jobs,
+    run_queue,
+    sweep_commands,
+)
 from experiments.reproduce import main as reproduce_main
 from tests.conftest import REPO
 
@@ -97,10 +107,12 @@ def test_a_restarted_sweep_skips_completed_runs_and_retries_the_failed_one(smoke
     tmp_path, _ = smoke
     before = {p: p.stat().st_mtime_ns for p in results_files(tmp_path)
               if json.loads(p.read_text())["status"] == "completed"}
-    # the restart runs two jobs at a time with one thread each: the cells are the same cells, so they are skipped
+    # the restart runs a queue of cells two at a time, one thread each: the completed cells are not started again, and
+    # the failed one, run by its own narrowed command, lands in the folder its method's sweep gave it
     again = make_reproduce(tmp_path, "--jobs", "2")
     assert again.returncode != 0
-    assert again.stdout.count("skipped (skip_completed=true)") == 6
+    assert "6 of 7 cells completed already" in again.stdout and again.stdout.count("[reproduce] start ") == 1
+    assert "[reproduce] failed (exit 1): lora math train.lr=-1.0 seed=0" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert len(results_files(tmp_path)) == 7
     retried = next(json.loads(p.read_text()) for p in results_files(tmp_path) if p not in before)
@@ -108,13 +120,34 @@ def test_a_restarted_sweep_skips_completed_runs_and_retries_the_failed_one(smoke
 
 
 def test_parallel_jobs_share_the_cores_and_refuse_a_bad_count():
-    assert parallel_jobs(2) == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                f"threads={max(1, (os.cpu_count() or 1) // 2)}"]
+    assert parallel_jobs(2) == [f"threads={max(1, (os.cpu_count() or 1) // 2)}"]
     assert parallel_jobs(10**6)[-1] == "threads=1"
     with pytest.raises(ExperimentError, match="--jobs 0"):
         parallel_jobs(0)
     assert reproduce_main(["smoke", "--jobs", "2", "--launcher", "slurm"]) == 2   # parallel here, or Slurm: not both
     assert reproduce_main(["smoke", "--jobs", "0"]) == 2
+
+
+def test_the_queue_runs_n_cells_at_a_time_across_methods_and_goes_on_past_a_failure(tmp_path, capsys):
+    """Three cells of two methods on two lanes: the third starts when the first ends, not when its method's sweep
+    would have, and a failed cell is reported without stopping the others."""
+    log = tmp_path / "log"
+
+    def cell(name, seconds, code=0):
+        script = (f"import time; open({str(log)!r}, 'a').write('start {name} ' + repr(time.time()) + chr(10)); "
+                  f"time.sleep({seconds}); open({str(log)!r}, 'a').write('end {name} ' + repr(time.time()) + chr(10)); "
+                  f"raise SystemExit({code})")
+        return Cell("math", name[0], "train.lr", None, int(name[1])), [sys.executable, "-c", script]
+
+    commands = dict([cell("a0", 0.5), cell("a1", 2.5, code=3), cell("b0", 0.5)])
+    seconds = run_queue(commands, jobs=2)
+    events = {(kind, name): float(t) for kind, name, t in (line.split() for line in log.read_text().splitlines())}
+    assert set(seconds) == {"a math seed=0", "a math seed=1", "b math seed=0"}
+    assert events[("start", "a1")] < events[("end", "a0")]            # two at a time
+    assert events[("end", "a0")] <= events[("start", "b0")] < events[("end", "a1")]   # the next starts in the gap
+    assert "[reproduce] failed (exit 3): a math seed=1" in capsys.readouterr().out
+    with pytest.raises(ExperimentError, match="--jobs 0"):
+        run_queue(commands, jobs=0)
 
 
 def test_grids_pick_up_every_method_and_embedded_task_from_the_config_groups():
