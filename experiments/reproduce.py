@@ -13,7 +13,8 @@ over tasks x seeds x its knob values; runs land in `results/<experiment>/runs/`,
 fixed settings, one subfolder per cell (results.json, outcomes, config and log are committed with the tables; the
 adapters and W&B folders are not), and `skip_completed=true` makes a restarted sweep, even on a fresh clone,
 finish the rest without repeating finished runs. With `--jobs N` the cells are one queue instead, N at a time across
-the methods, each cell the same command narrowed to it (the same folder): no core waits for a method's last cell.
+the methods, seed by seed, each cell the same command narrowed to it (the same folder): no core waits for a method's
+last cell, and a grid cut short holds whole replicates.
 A failed run records `status: failed`; the other runs still complete and the table marks the failure.
 """
 
@@ -356,9 +357,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _not_completed(grid_cells: list[Cell], runs: Path) -> list[Cell]:
-    """The cells still to run; the completed ones are named, not started (each would only find its results.json)."""
+    """The cells still to run, in the order the queue takes them: first the ones an interrupted run left behind (they
+    resume from their checkpoints), then seed by seed, so that a grid cut short holds whole replicates (every method
+    and knob value at seed 0) rather than some methods at every seed and others at none. The completed ones are
+    named, not started (each would only find its results.json)."""
     frame = collect([runs]) if runs.is_dir() else pd.DataFrame()
-    todo = [cell for cell in grid_cells if cell_status(frame, cell) != "completed"]
+    status = {cell: cell_status(frame, cell) for cell in grid_cells}
+    todo = sorted((cell for cell in grid_cells if status[cell] != "completed"),
+                  key=lambda cell: (status[cell] != "running", cell.seed))   # a stable sort keeps the grid's order
     if len(todo) < len(grid_cells):
         print(f"[reproduce] {len(grid_cells) - len(todo)} of {len(grid_cells)} cells completed already in {runs}; "
               f"skipped (skip_completed=true)", flush=True)

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from analysis.render import matched_comparison, pareto_front, summarize, variant_comparison
+from experiments import reproduce
 from experiments.reproduce import (
     CONF,
     Cell,
@@ -148,6 +149,17 @@ def test_the_queue_runs_n_cells_at_a_time_across_methods_and_goes_on_past_a_fail
     assert "[reproduce] failed (exit 3): a math seed=1" in capsys.readouterr().out
     with pytest.raises(ExperimentError, match="--jobs 0"):
         run_queue(commands, jobs=0)
+
+
+def test_the_queue_resumes_interrupted_cells_first_then_goes_seed_by_seed(tmp_path, monkeypatch):
+    grid = [Cell("math", method, "k", value, seed) for method in ("a", "b") for value in (1.0, 2.0) for seed in (0, 1)]
+    done = pd.DataFrame({"task": "math", "method": ["a", "b"], "seed": [0, 1], "knob_value": [1.0, 2.0],
+                         "status": ["completed", "running"], "variant": None})
+    monkeypatch.setattr(reproduce, "collect", lambda folders: done)
+    order = [(c.method, c.value, c.seed) for c in reproduce._not_completed(grid, tmp_path)]
+    assert order == [("b", 2.0, 1),                                           # resumes from its checkpoint
+                     ("a", 2.0, 0), ("b", 1.0, 0), ("b", 2.0, 0),             # seed 0 of every method and value
+                     ("a", 1.0, 1), ("a", 2.0, 1), ("b", 1.0, 1)]
 
 
 def test_grids_pick_up_every_method_and_embedded_task_from_the_config_groups():
