@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -244,38 +245,65 @@ def run_sweeps(commands: list[list[str]]) -> dict[str, float]:
     return seconds
 
 
-def run_queue(commands: dict[Cell, list[str]], jobs: int) -> dict[str, float]:
+def run_queue(commands: dict[Cell, list[str]], jobs: int, poll_s: float = 0.5) -> dict[str, float]:
     """Run one command per cell, `jobs` at a time, starting the next cell as soon as one ends, across the grid's
     methods and variants: a core is idle only while the grid's last cells finish, not at the end of every method's
     sweep (a sweep of 3 cells on 2 lanes leaves one lane idle for a third of its time). A failed cell is reported
-    and the others go on. Interrupted, it stops the cells it started (each resumes from its checkpoint)."""
+    and the others go on. Stopped (Ctrl-C, SIGTERM, SIGHUP), it stops the cells it started: `_stop`."""
     parallel_jobs(jobs)   # refuses a count below one
     pending, running, seconds = list(commands.items()), {}, {}
+    previous = {signum: signal.signal(signum, _raise_exit) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 cell, command = pending.pop(0)
                 print(f"\n[reproduce] start {_name(cell)}: {shlex.join(command[1:])}", flush=True)
                 running[subprocess.Popen(command, cwd=REPO)] = (cell, time.perf_counter())
-            finished = _wait_any(running)
+            finished = _wait_any(running, poll_s)
             cell, start = running.pop(finished)
             seconds[_name(cell)] = round(time.perf_counter() - start, 1)
-            outcome = "done" if finished.returncode == 0 else f"failed (exit {finished.returncode})"
+            code = finished.returncode
+            outcome = "done" if code == 0 else f"failed (exit {code})" if code > 0 else f"killed by signal {-code}"
             print(f"[reproduce] {outcome}: {_name(cell)} after {seconds[_name(cell)]:.0f} s; {len(pending)} waiting",
                   flush=True)
     finally:
-        for process in running:
-            process.terminate()
-            process.wait()
+        _stop(list(running))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return seconds
 
 
-def _wait_any(running: dict) -> subprocess.Popen:
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop(processes: list[subprocess.Popen], grace_s: float = 60.0, patience_s: float = 180.0) -> None:
+    """Stop the cells still running when the queue stops. A signal sent to the whole process group (Ctrl-C, `kill --
+    -PGID`) has reached them already: a run in training finishes its step, checkpoints and exits, so each gets
+    `grace_s` before it is sent SIGTERM (a second signal would cut the step and its checkpoint short); then
+    `patience_s` before SIGKILL. A second Ctrl-C kills them at once. Each resumes from its last checkpoint."""
+    try:
+        for deadline, send in ((grace_s, "terminate"), (patience_s, "kill")):
+            end = time.monotonic() + deadline
+            while any(p.poll() is None for p in processes) and time.monotonic() < end:
+                time.sleep(0.2)
+            for process in processes:
+                if process.poll() is None:
+                    getattr(process, send)()
+        for process in processes:
+            process.wait()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.kill()
+        raise
+
+
+def _wait_any(running: dict, poll_s: float) -> subprocess.Popen:
     while True:
         for process in running:
             if process.poll() is not None:
                 return process
-        time.sleep(1.0)
+        time.sleep(poll_s)
 
 
 def _same_value(a, b) -> bool:
@@ -334,20 +362,22 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "results" / spec.name
     commands = sweep_commands(spec, runs, args.launcher, launch, grid_cells, reuse_from)
     started = time.perf_counter()
-    wall = {}
+    wall, queued = {}, {}
     if not args.render_only:
         runs.mkdir(parents=True, exist_ok=True)   # the runs root exists before a run checks its reuse_from folders
         if args.jobs is not None:
-            todo = _not_completed(grid_cells, runs)
-            wall = run_queue(cell_commands(spec, runs, launch, todo, reuse_from), args.jobs)
+            queued = cell_commands(spec, runs, launch, _not_completed(grid_cells, runs), reuse_from)
+            wall = run_queue(queued, args.jobs)
         else:
             wall = run_sweeps(commands)
     frame = collect([runs])
     statuses = {cell: cell_status(frame, cell) for cell in grid_cells}
     provenance = {"experiment": spec.name, "command": _command_line(args), "runs": _relative(runs),
-                  "sweep_wall_s": round(time.perf_counter() - started, 1) if not args.render_only else None,
-                  f"wall_s_per_{'cell' if args.jobs is not None else 'method'}": wall,
+                  "sweep_wall_s": round(time.perf_counter() - started, 1) if wall else None,
+                  # the grid as one Hydra sweep per method; with --jobs the cells ran as the narrowed commands below
                   "sweep_commands": [shlex.join(["python", *c[1:]]) for c in commands],
+                  **({"cell_wall_s": wall, "cell_commands": [shlex.join(["python", *c[1:]]) for c in queued.values()]}
+                     if args.jobs is not None else {"sweep_wall_s_per_method": wall}),
                   "cells": {"total": len(grid_cells), **_counts(statuses)},
                   "not_completed": [_describe(c) | {"status": s} for c, s in statuses.items() if s != "completed"]}
     written = render.render_experiment(frame, spec, out, provenance)
@@ -357,14 +387,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _not_completed(grid_cells: list[Cell], runs: Path) -> list[Cell]:
-    """The cells still to run, in the order the queue takes them: first the ones an interrupted run left behind (they
-    resume from their checkpoints), then seed by seed, so that a grid cut short holds whole replicates (every method
-    and knob value at seed 0) rather than some methods at every seed and others at none. The completed ones are
-    named, not started (each would only find its results.json)."""
+    """The cells still to run, in the order the queue takes them: first the ones a run left behind, interrupted or
+    failed (an interrupted run resumes from its checkpoint; a stop outside training records `failed`), then seed by
+    seed, so that a grid cut short holds whole replicates (every method and knob value at seed 0) rather than some
+    methods at every seed and others at none. The completed ones are named, not started (each would only find its
+    results.json)."""
     frame = collect([runs]) if runs.is_dir() else pd.DataFrame()
     status = {cell: cell_status(frame, cell) for cell in grid_cells}
     todo = sorted((cell for cell in grid_cells if status[cell] != "completed"),
-                  key=lambda cell: (status[cell] != "running", cell.seed))   # a stable sort keeps the grid's order
+                  key=lambda cell: (status[cell] == "missing", cell.seed))   # a stable sort keeps the grid's order
     if len(todo) < len(grid_cells):
         print(f"[reproduce] {len(grid_cells) - len(todo)} of {len(grid_cells)} cells completed already in {runs}; "
               f"skipped (skip_completed=true)", flush=True)

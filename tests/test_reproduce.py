@@ -3,8 +3,10 @@ and marked, and every number of the rendered table is the number in the run's re
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -130,35 +132,77 @@ def test_parallel_jobs_share_the_cores_and_refuse_a_bad_count():
 
 
 def test_the_queue_runs_n_cells_at_a_time_across_methods_and_goes_on_past_a_failure(tmp_path, capsys):
-    """Three cells of two methods on two lanes: the third starts when the first ends, not when its method's sweep
-    would have, and a failed cell is reported without stopping the others."""
+    """Three cells of two methods on two lanes. Each cell waits for an event only the queue can cause: a0 ends once
+    a1 has started (two at a time), a1 fails once b0 has started (b0 took a0's lane while a1 still ran, rather than
+    waiting for a1's method to finish). A queue that did either differently would leave a cell waiting: it exits 9."""
     log = tmp_path / "log"
 
-    def cell(name, seconds, code=0):
-        script = (f"import time; open({str(log)!r}, 'a').write('start {name} ' + repr(time.time()) + chr(10)); "
-                  f"time.sleep({seconds}); open({str(log)!r}, 'a').write('end {name} ' + repr(time.time()) + chr(10)); "
-                  f"raise SystemExit({code})")
+    def cell(name, waits_for=None, code=0):
+        wait = (f"end = time.time() + 60\nwhile 'start {waits_for}' not in read() and time.time() < end: time.sleep(0.05)\n"
+                f"code = {code} if 'start {waits_for}' in read() else 9\n") if waits_for else f"code = {code}\n"
+        script = (f"import time\nlog = {str(log)!r}\nread = lambda: open(log).read()\n"
+                  f"open(log, 'a').write('start {name}\\n')\n{wait}"
+                  f"open(log, 'a').write('end {name}\\n')\nraise SystemExit(code)\n")
         return Cell("math", name[0], "train.lr", None, int(name[1])), [sys.executable, "-c", script]
 
-    commands = dict([cell("a0", 0.5), cell("a1", 2.5, code=3), cell("b0", 0.5)])
-    seconds = run_queue(commands, jobs=2)
-    events = {(kind, name): float(t) for kind, name, t in (line.split() for line in log.read_text().splitlines())}
+    log.write_text("")
+    commands = dict([cell("a0", waits_for="a1"), cell("a1", waits_for="b0", code=3), cell("b0")])
+    seconds = run_queue(commands, jobs=2, poll_s=0.05)
+    events = log.read_text().split("\n")
     assert set(seconds) == {"a math seed=0", "a math seed=1", "b math seed=0"}
-    assert events[("start", "a1")] < events[("end", "a0")]            # two at a time
-    assert events[("end", "a0")] <= events[("start", "b0")] < events[("end", "a1")]   # the next starts in the gap
-    assert "[reproduce] failed (exit 3): a math seed=1" in capsys.readouterr().out
+    assert events.index("end a0") < events.index("start b0") < events.index("end a1")
+    out = capsys.readouterr().out
+    assert "[reproduce] failed (exit 3): a math seed=1" in out and "done: a math seed=0" in out and "exit 9" not in out
     with pytest.raises(ExperimentError, match="--jobs 0"):
         run_queue(commands, jobs=0)
 
 
+def test_a_stopped_queue_lets_its_cells_exit_then_terminates_then_kills_them(tmp_path):
+    ready = tmp_path / "ready"
+    exits = "import time; time.sleep(0.3)"                                      # e.g. got the group's signal already
+    waits = "import time; time.sleep(60)"                                       # never signalled: SIGTERM
+    ignores = (f"import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")        # SIGTERM ignored: SIGKILL
+    processes = [subprocess.Popen([sys.executable, "-c", code]) for code in (exits, waits, ignores)]
+    while not ready.exists():
+        time.sleep(0.05)
+    reproduce._stop(processes, grace_s=3.0, patience_s=1.0)
+    assert [p.returncode for p in processes] == [0, -signal.SIGTERM, -signal.SIGKILL]
+
+
+@pytest.mark.parametrize("experiment", ["knobs", "ablations"])
+def test_a_cells_own_command_names_the_folder_its_methods_sweep_gives_it(experiment, tmp_path):
+    """Hydra names a run's folder from its overrides (override_dirname); the queue runs each cell by its own command,
+    so the folders must be the sweep's, value formatting (2.5e-4 -> 0.00025) and variants' overrides included."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def folders(command):
+        overrides = [a for a in command[command.index("folora.run") + 2:] if not a.startswith(("hydra.", "hydra/"))]
+        excluded = next(a for a in command if a.startswith("hydra.job.config.override_dirname.exclude_keys="))
+        excluded = excluded.split("=", 1)[1].strip("[]").split(",")
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)[0]
+        return {get_overrides_dirname(parser.parse_overrides(job), excluded, ",", "=") for job in jobs}
+
+    spec = load_experiment(experiment, [])
+    grid = cells(spec)
+    by_sweep = [folders(c) for c in sweep_commands(spec, tmp_path, "basic", ["threads=1"], grid)]
+    by_cell = [folders(c) for c in reproduce.cell_commands(spec, tmp_path, ["threads=1"], grid).values()]
+    assert all(len(names) == 1 for names in by_cell) and len(set.union(*by_cell)) == len(grid)
+    assert set.union(*by_cell) == set.union(*by_sweep)
+
+
 def test_the_queue_resumes_interrupted_cells_first_then_goes_seed_by_seed(tmp_path, monkeypatch):
     grid = [Cell("math", method, "k", value, seed) for method in ("a", "b") for value in (1.0, 2.0) for seed in (0, 1)]
-    done = pd.DataFrame({"task": "math", "method": ["a", "b"], "seed": [0, 1], "knob_value": [1.0, 2.0],
-                         "status": ["completed", "running"], "variant": None})
+    done = pd.DataFrame({"task": "math", "method": ["a", "b", "b"], "seed": [0, 1, 0], "knob_value": [1.0, 2.0, 2.0],
+                         "status": ["completed", "running", "failed"], "variant": None})
     monkeypatch.setattr(reproduce, "collect", lambda folders: done)
     order = [(c.method, c.value, c.seed) for c in reproduce._not_completed(grid, tmp_path)]
-    assert order == [("b", 2.0, 1),                                           # resumes from its checkpoint
-                     ("a", 2.0, 0), ("b", 1.0, 0), ("b", 2.0, 0),             # seed 0 of every method and value
+    assert order == [("b", 2.0, 0), ("b", 2.0, 1),                           # left behind: failed, interrupted
+                     ("a", 2.0, 0), ("b", 1.0, 0),                           # then seed 0 of every method and value
                      ("a", 1.0, 1), ("a", 2.0, 1), ("b", 1.0, 1)]
 
 
