@@ -53,6 +53,8 @@ def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> p
             values = pd.to_numeric(done[metric], errors="coerce").dropna() if metric in done else pd.Series(dtype=float)
             row |= _cell(metric, values, done)
         rows.append(row)
+    # knob values in numeric order (the labels sort as text: kappa 0, 1, 16, 4)
+    rows.sort(key=lambda row: tuple(_sort_key(row[column]) for column in group_by))
     return pd.DataFrame(rows)
 
 
@@ -444,10 +446,12 @@ def _series(part: pd.DataFrame) -> pd.Series:
 
 
 def _sort_key(value):
+    """Numbers (and numeric labels) first in numeric order, then text; missing values last."""
     try:
-        return (0, float(value), "")
+        number = float(value)
     except (TypeError, ValueError):
         return (1, 0.0, str(value))
+    return (2, 0.0, "") if math.isnan(number) else (0, number, "")
 
 
 def _colours(series: pd.Series) -> dict[str, tuple]:

@@ -267,6 +267,14 @@ def test_summary_is_mean_with_a_t_interval_over_seeds_and_keeps_failed_groups():
     assert summary.loc["b", "runs"] == 0 and pd.isna(summary.loc["b", "target_gain_mean"])
 
 
+def test_summary_rows_follow_the_knob_values_numeric_order():
+    values = [16.0, 0.0, 4.0, 1.0, 0.25]
+    frame = pd.DataFrame({"task": "math", "method": "folora", "knob": "method.kappa", "knob_value": values,
+                          "seed": 0, "status": "completed", "target_gain": 0.1})
+    summary = summarize(frame, ["task", "method", "knob_value"], ["target_gain"])
+    assert list(summary.knob_value) == ["0", "0.25", "1", "4", "16"]
+
+
 def test_forgetting_at_matched_gain_interpolates_along_both_curves():
     """LoRA's curve: gain 0.1 -> forgetting 0.02, gain 0.3 -> 0.06 (3 seeds each); the method at gain 0.2 forgets
     0.01: at matched gain LoRA forgets 0.04, the difference is -0.03."""
