@@ -3,12 +3,13 @@
     python -m analysis.collect runs multirun        # prints a summary table of every run found
 
 Columns: run folder, status, error, model, task, method, knob and its value, seed, variant (an experiment's named
-override set, e.g. an ablation; None elsewhere); the headlines `target_gain`,
-`forgetting`, `kl_to_base` and `preservation` (mean normalized change), each with its paired 95% interval
-(`<name>_low`, `<name>_high`), and `preservation_dropped` (items that dropped significantly); train tokens/s, wall
-seconds; for every eval item `base:<item>`, `final:<item>`, `change:<item>` with `change_low:` / `change_high:`,
-`margin_change:<item>` (multiple choice), `role:<item>` and `hib:<item>` (higher is better); and `trajectory`, the
-run's learning–forgetting points (a list, not written to CSV).
+override set, e.g. an ablation; None elsewhere); the headlines `target_gain`, `forgetting`, `kl_to_base` and
+`preservation` (mean normalized change), each with its paired 95% interval (`<name>_low`, `<name>_high`), and
+`preservation_dropped` (items that dropped significantly); `val_loss_decrease` (the target validation loss before
+training minus after: learning, measured on held-out task text); train tokens/s, wall seconds; for every eval item
+`base:<item>`, `final:<item>`, `change:<item>` with `change_low:` / `change_high:`, `margin_change:<item>`
+(multiple choice), `role:<item>` and `hib:<item>` (higher is better); and `trajectory`, the run's
+learning–forgetting points (a list, not written to CSV).
 Records of schema 1 (before paired changes) give their values without intervals.
 """
 
@@ -49,6 +50,16 @@ def _entry(value) -> tuple[float | None, float | None, float | None]:
     return value, None, None
 
 
+def val_loss_decrease(train: dict) -> float | None:
+    """How much the run learned, measured on the target task's held-out validation text: the validation loss
+    before training (the trajectory's step 0) minus after (nats/token). Finer than the target gain's few dozen
+    scored problems; None where the run recorded no step-0 point."""
+    trajectory = train.get("trajectory") or []
+    start = next((p.get("val_loss") for p in trajectory if p.get("step") == 0), None)
+    end = train.get("validation_loss")
+    return start - end if start is not None and end is not None else None
+
+
 def record_row(data: dict, run: str) -> dict:
     """One row from a results.json record. A failed run has no `method` section: its knob comes from the config."""
     config = data.get("config", {})
@@ -67,6 +78,7 @@ def record_row(data: dict, run: str) -> dict:
     out["preservation_dropped"] = len(preservation["dropped"]) if "dropped" in preservation else None
     out |= {"train_tokens_per_s": (data.get("timing") or {}).get("train_tokens_per_s"),
             "wall_s": (data.get("timing") or {}).get("wall_s"),
+            "val_loss_decrease": val_loss_decrease(data.get("train") or {}),
             "trajectory": ((data.get("train") or {}).get("trajectory")) or None}
     for item, score in (data.get("metrics") or {}).items():
         out[f"base:{item}"] = score["base"]["value"]

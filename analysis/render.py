@@ -305,9 +305,16 @@ def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
     return _save(fig, out / "trajectories")
 
 
+# Learning, two ways: the target gain (the target eval items' paired change: what the tables headline, on a few
+# dozen problems) and the decrease of the target validation loss (held-out task text: a finer measure of the same).
+LEARNING = {"target_gain": "target gain", "val_loss_decrease": "target validation loss decrease"}
+
+
 def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "target_gain", y: str = "forgetting",
                        resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Each method's forgetting against the reference method's at the same target gain (forgetting at equal learning).
+    """Each method's forgetting against the reference method's at the same learning `x` (forgetting at equal
+    learning): the target gain, or another measure where higher is more learned (`LEARNING`). In the description
+    below, "gain" is `x`.
 
     Each method's curve is its best trade-offs: its cells (knob values) not beaten on both mean gain and mean
     forgetting by another of its cells, ordered by mean gain, forgetting interpolated linearly in gain.
@@ -315,6 +322,8 @@ def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "t
     cover. The difference `method − reference` (negative: the method forgets less at equal learning) gets a t
     interval whose standard error comes from a bootstrap over seeds, resampled within every cell, at the same
     matched gain (`_matched`)."""
+    if x not in frame or y not in frame:
+        return pd.DataFrame()
     done = frame[(frame.status == "completed") & frame[x].notna() & frame[y].notna()]
     rows = []
     for task in sorted(done.task.unique()):
@@ -324,7 +333,7 @@ def matched_comparison(frame: pd.DataFrame, reference: str = "lora", x: str = "t
         ref_cells = _cells(part[part.method == reference], x, y)
         for method in sorted(set(part.method) - {reference}):
             cells = _cells(part[part.method == method], x, y)
-            rows.append({"task": task, "method": method, "reference": reference,
+            rows.append({"task": task, "method": method, "reference": reference, "learning": x,
                          **_matched(cells, ref_cells, resamples, np.random.default_rng(seed))})
     return pd.DataFrame(rows)
 
@@ -397,7 +406,7 @@ def _matched(cells, ref_cells, resamples: int, rng) -> dict:
     ref_gains, ref_forgetting = _curve(ref_cells)
     low, high = max(gains.min(), ref_gains.min()), min(gains.max(), ref_gains.max())
     if low > high:
-        return {"matched_gain": math.nan, "note": f"no overlap: gains [{gains.min():.3f}, {gains.max():.3f}] vs "
+        return {"matched_at": math.nan, "note": f"no overlap: gains [{gains.min():.3f}, {gains.max():.3f}] vs "
                 f"reference [{ref_gains.min():.3f}, {ref_gains.max():.3f}]"}
     at = gains[0] if len(gains) == 1 else (low + high) / 2
     value = np.interp(at, gains, forgetting) - np.interp(at, ref_gains, ref_forgetting)
@@ -406,7 +415,7 @@ def _matched(cells, ref_cells, resamples: int, rng) -> dict:
         return rng.integers(0, n, size=n)
 
     seeds = min(len(c[0]) for c in [*cells, *ref_cells])
-    common = {"matched_gain": at, "forgetting": np.interp(at, gains, forgetting),
+    common = {"matched_at": at, "forgetting": np.interp(at, gains, forgetting),
               "forgetting_reference": np.interp(at, ref_gains, ref_forgetting), "difference": value,
               "min_seeds_per_cell": seeds}
     if seeds < MIN_BOOTSTRAP_SEEDS:
@@ -491,7 +500,8 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
         written["trajectories"] = trajectory_plot(frame, title, out)
     reference = render.get("reference")
     if reference and not frame.empty and all(has.values()):
-        matched = matched_comparison(frame, reference=reference)
+        matched = pd.concat([matched_comparison(frame, reference=reference, x=x) for x in LEARNING],
+                            ignore_index=True)
         if not matched.empty:
             matched.to_csv(out / "matched.csv", index=False)
             written["matched"] = matched
@@ -507,16 +517,20 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
 
 
 def _matched_lines(matched: pd.DataFrame) -> list[str]:
-    lines = ["Forgetting at matched target gain, method − reference, along each method's best trade-offs (cells "
-             "beaten by another cell of the same method on both gain and forgetting left out; negative: forgets less "
-             "at equal learning; 95% t interval over seeds, its standard error from a bootstrap over seeds):", ""]
-    for _, r in matched.iterrows():
-        if pd.isna(r.get("difference", math.nan)):
-            lines.append(f"- {r.task} / {r.method} vs {r.reference}: {r.note}")
-            continue
-        bounds = f" [{r.low:+.4f}, {r.high:+.4f}]" + (" *" if r.significant else "") if not pd.isna(r.low) else ""
-        lines.append(f"- {r.task} / {r.method} vs {r.reference} at gain {r.matched_gain:+.3f}: "
-                     f"{r.difference:+.4f}{bounds}" + (f" ({r.note})" if r.note else ""))
+    lines = ["Forgetting at matched learning, method − reference, along each method's best trade-offs (cells "
+             "beaten by another cell of the same method on both learning and forgetting left out; negative: forgets "
+             "less at equal learning; 95% t interval over seeds, its standard error from a bootstrap over seeds), "
+             "learning measured two ways:", ""]
+    for learning, part in matched.groupby("learning", sort=False):
+        lines.append(f"- at matched {LEARNING.get(learning, learning)}:")
+        for _, r in part.iterrows():
+            if pd.isna(r.get("difference", math.nan)):
+                lines.append(f"  - {r.task} / {r.method} vs {r.reference}: {r.note}")
+                continue
+            bounds = f" [{r.low:+.4f}, {r.high:+.4f}]" + (" *" if r.significant else "") if not pd.isna(r.low) else ""
+            note = r.get("note")
+            lines.append(f"  - {r.task} / {r.method} vs {r.reference} at {r.matched_at:+.3f}: "
+                         f"{r.difference:+.4f}{bounds}" + (f" ({note})" if isinstance(note, str) and note else ""))
     return lines + [""]
 
 
@@ -544,5 +558,5 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
               "t interval, `_low_seeds`/`_high_seeds`); `†`: one seed, the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
               "bits-per-byte increase on held-out text (lower is better), `preservation` the mean normalized change "
               "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
-              "run, `matched.csv` the matched-gain comparison, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
+              "run, `matched.csv` the matched-learning comparisons, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
     return "\n".join(lines)

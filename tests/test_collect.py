@@ -38,3 +38,12 @@ def test_schema_1_records_give_values_without_intervals(tmp_path):
     row = collect([tmp_path]).iloc[0]
     assert row.target_gain == 0.02 and row.target_gain_low is None and row.kl_to_base == 0.1
     assert row["change:capitals"] == pytest.approx(0.1)
+
+
+def test_learning_on_validation_text_is_the_loss_before_training_minus_after():
+    from analysis.collect import val_loss_decrease
+
+    train = {"trajectory": [{"step": 0, "val_loss": 1.0}, {"step": 10, "val_loss": 0.4}], "validation_loss": 0.25}
+    assert val_loss_decrease(train) == pytest.approx(0.75)
+    assert val_loss_decrease({"trajectory": [{"step": 10, "val_loss": 0.4}], "validation_loss": 0.25}) is None
+    assert val_loss_decrease({}) is None

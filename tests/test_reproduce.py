@@ -287,7 +287,7 @@ def test_forgetting_at_matched_gain_interpolates_along_both_curves():
                  {"task": "math", "method": "other", "knob_value": 1.0, "seed": seed, "status": "completed",
                   "target_gain": 0.2 + noise, "forgetting": 0.01 + noise}]
     matched = matched_comparison(pd.DataFrame(rows)).iloc[0]
-    assert matched.method == "other" and matched.matched_gain == pytest.approx(0.2)
+    assert matched.method == "other" and matched.matched_at == pytest.approx(0.2)
     assert matched.difference == pytest.approx(-0.03) and matched.high < 0 and matched.significant
     apart = pd.DataFrame(rows).assign(target_gain=lambda f: f.target_gain.where(f.method == "lora", 0.9))
     assert "no overlap" in matched_comparison(apart).iloc[0].note
@@ -319,6 +319,21 @@ def test_the_matched_interval_is_a_t_interval_not_a_narrow_percentile_one():
     half = stats.t.ppf(0.975, 2) * np.sqrt(np.var(mine, ddof=1) / 3 + np.var(theirs, ddof=1) / 3)
     assert matched.difference == pytest.approx(np.mean(mine) - np.mean(theirs))
     assert (matched.high - matched.low) / 2 == pytest.approx(half, rel=0.05)
+
+
+def test_forgetting_is_matched_on_either_measure_of_learning():
+    """The same curves matched on the validation loss decrease instead of the target gain: the method's one cell
+    learned 0.5 nats/token, between LoRA's 0.4 (forgetting 0.02) and 0.6 (0.06), so LoRA forgets 0.04 there."""
+    rows = []
+    for seed, noise in enumerate([-0.001, 0.0, 0.001]):
+        for method, knob, learned, forgetting in [("lora", 1e-4, 0.4, 0.02), ("lora", 1e-3, 0.6, 0.06),
+                                                  ("other", 1.0, 0.5, 0.01)]:
+            rows.append({"task": "math", "method": method, "knob_value": knob, "seed": seed, "status": "completed",
+                         "target_gain": 0.1, "val_loss_decrease": learned + noise, "forgetting": forgetting + noise})
+    matched = matched_comparison(pd.DataFrame(rows), x="val_loss_decrease").iloc[0]
+    assert matched.learning == "val_loss_decrease" and matched.matched_at == pytest.approx(0.5)
+    assert matched.difference == pytest.approx(-0.03) and matched.significant
+    assert matched_comparison(pd.DataFrame(rows).drop(columns="val_loss_decrease"), x="val_loss_decrease").empty
 
 
 def test_pareto_front_matches_brute_force():
