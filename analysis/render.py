@@ -119,15 +119,17 @@ def _knob_label(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _ci(metric: str, mean: float, low: float, high: float, kind: str, digits: int = 4) -> str:
-    """`+0.0123 [+0.0040, +0.0200] *`; `†` marks a one-seed interval over documents; `*` an interval without zero."""
+def _ci(metric: str, mean: float, low: float, high: float, kind: str, digits: int = 4, signed: bool = False) -> str:
+    """`+0.0123 [+0.0040, +0.0200] *`; `†` marks a one-seed interval over documents; `*` an interval without zero
+    (for the metrics read against zero, and for every difference: `signed`)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "failed"
-    sign = "+" if metric in SIGNED else ""
+    signed = signed or metric in SIGNED
+    sign = "+" if signed else ""
     text = f"{mean:{sign}.{digits}f}"
     if not (isinstance(low, float) and math.isnan(low)) and low is not None:
         text += f" [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]" + ("†" if kind == "documents" else "")
-        if metric in SIGNED and (low > 0 or high < 0):
+        if signed and (low > 0 or high < 0):
             text += " *"
     return text
 
@@ -352,31 +354,95 @@ def variant_comparison(frame: pd.DataFrame, reference: str, metrics: list[str]) 
             continue
         for variant in sorted(set(part.variant.dropna()) - {reference}):
             mine = part[part.variant == variant].drop_duplicates("seed").set_index("seed")
-            seeds = sorted(set(ref.index) & set(mine.index))
-            row = {"task": task, "method": method, "knob_value": knob, "variant": variant, "reference": reference,
-                   "seeds": ",".join(str(s) for s in seeds)}
-            for metric in metrics:
-                differences = (pd.to_numeric(mine.loc[seeds, metric], errors="coerce")
-                               - pd.to_numeric(ref.loc[seeds, metric], errors="coerce")).dropna()
-                low, high = t_interval(differences) if len(differences) > 1 else (math.nan, math.nan)
-                row |= {f"{metric}_difference": differences.mean() if len(differences) else math.nan,
-                        f"{metric}_low": low, f"{metric}_high": high}
-            rows.append(row)
+            rows.append({"task": task, "method": method, "knob_value": knob, "variant": variant,
+                         "reference": reference, **_paired_by_seed(mine, ref, metrics)})
     return pd.DataFrame(rows)
+
+
+def method_comparison(frame: pd.DataFrame, reference: str, defaults: dict, metrics: list[str]) -> pd.DataFrame:
+    """Each method at its default knob value against the reference method at its own, task by task, paired by seed:
+    runs of one seed share the training-data order, so `method − reference` per seed removes the seed-to-seed
+    variation of the data both saw. The defaults are the methods' configs (`defaults`: {method: knob value}), fixed
+    before any run, so the comparison picks no setting after seeing results. One row per method and task: the mean
+    difference of each metric over the seeds both completed, with its 95% t interval (none with one common seed)."""
+    done = frame[frame.status == "completed"]
+    if "variant" in done:
+        done = done[done.variant.map(lambda v: not isinstance(v, str))]
+    rows = []
+    for task in sorted(done.task.unique()):
+        part = done[done.task == task]
+        ref = _at_default(part, reference, defaults)
+        if ref.empty:
+            continue
+        for method in sorted(set(part.method) - {reference}):
+            mine = _at_default(part, method, defaults)
+            if not mine.empty:
+                rows.append({"task": task, "method": method, "knob_value": _knob_label(defaults.get(method)),
+                             "reference": reference, "reference_knob_value": _knob_label(defaults.get(reference)),
+                             **_paired_by_seed(mine, ref, metrics)})
+    return pd.DataFrame(rows)
+
+
+def _at_default(part: pd.DataFrame, method: str, defaults: dict) -> pd.DataFrame:
+    """The method's runs at its default knob value, one per seed."""
+    runs = part[part.method == method]
+    if method in defaults and defaults[method] is not None:
+        runs = runs[runs.knob_value.map(_knob_label) == _knob_label(defaults[method])]
+    return runs.drop_duplicates("seed").set_index("seed")
+
+
+def _paired_by_seed(mine: pd.DataFrame, ref: pd.DataFrame, metrics: list[str]) -> dict:
+    """Per metric, the mean over common seeds of `mine − ref` and its 95% interval: the seeds' t interval widened by
+    the eval documents' noise as in the tables (`combined_interval`). Both runs of a seed are scored on the same
+    documents; the document part of their difference is taken as if the two runs' own paired intervals were
+    independent (√(h₁² + h₂²) per seed), an upper bound, since runs scored on the same documents co-vary. A metric
+    without per-run intervals (the validation loss) gets the seeds' t interval alone."""
+    seeds = sorted(set(ref.index) & set(mine.index))
+    row = {"seeds": ",".join(str(s) for s in seeds)}
+    for metric in metrics:
+        if metric not in mine or metric not in ref:
+            continue
+        differences = (pd.to_numeric(mine.loc[seeds, metric], errors="coerce")
+                       - pd.to_numeric(ref.loc[seeds, metric], errors="coerce")).dropna()
+        halfwidths = np.sqrt(_document_halfwidths(metric, mine.loc[differences.index]) ** 2
+                             + _document_halfwidths(metric, ref.loc[differences.index]) ** 2).dropna()
+        low, high = (combined_interval(differences, halfwidths) if len(differences) > 1 else (math.nan, math.nan))
+        row |= {f"{metric}_difference": differences.mean() if len(differences) else math.nan,
+                f"{metric}_low": low, f"{metric}_high": high}
+    return row
 
 
 def _variant_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
     reference = comparison.reference.iloc[0]
-    lines = [f"Each variant − `{reference}`, paired by seed (mean difference over the seeds both completed, 95% t "
-             f"interval over seeds; both are scored on the same documents, whose noise this interval does not add: "
-             f"`python -m analysis.compare RUN_A RUN_B` gives any two runs' paired interval over documents; `*`: the "
-             f"interval excludes zero):", ""]
-    table = comparison[["task", "method", "variant", "seeds"]].copy()
+    lines = [f"Each variant − `{reference}`, paired by seed (mean difference over the seeds both completed, 95% "
+             f"interval over seeds and documents; {PAIRED_NOTE}):", ""]
+    return lines + _difference_table(comparison, ["task", "method", "variant", "seeds"], metrics)
+
+
+def _method_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
+    reference = comparison.reference.iloc[0]
+    lines = [f"Each method at its default knob value − `{reference}` at its default "
+             f"({comparison.reference_knob_value.iloc[0]}), paired by seed (runs of one seed share the training-data "
+             f"order; mean difference over the seeds both completed, 95% interval over seeds and documents; "
+             f"{PAIRED_NOTE}; "
+             f"`val_loss_decrease`: learning on the target's held-out text):", ""]
+    return lines + _difference_table(comparison, ["task", "method", "knob_value", "seeds"], metrics)
+
+
+PAIRED_NOTE = ("the interval adds the eval documents' noise, counting the two runs' own intervals as independent (an "
+               "upper bound: `python -m analysis.compare RUN_A RUN_B` gives two runs' exact paired interval over "
+               "documents); `*`: the interval excludes zero")
+
+
+def _difference_table(comparison: pd.DataFrame, columns: list[str], metrics: list[str]) -> list[str]:
+    table = comparison[columns].copy()
     for metric in metrics:
-        table[metric] = [_ci(metric, m, lo, hi, "seeds") if not pd.isna(m) else "no common seed" for m, lo, hi in
-                         zip(comparison[f"{metric}_difference"], comparison[f"{metric}_low"],
-                             comparison[f"{metric}_high"], strict=True)]
-    return lines + [table.to_markdown(index=False), ""]
+        if f"{metric}_difference" not in comparison:
+            continue
+        table[metric] = [_ci(metric, m, lo, hi, "seeds", signed=True) if not pd.isna(m) else "no common seed"
+                         for m, lo, hi in zip(comparison[f"{metric}_difference"], comparison[f"{metric}_low"],
+                                              comparison[f"{metric}_high"], strict=True)]
+    return [table.to_markdown(index=False), ""]
 
 
 def _cells(runs: pd.DataFrame, x: str, y: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -478,8 +544,9 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
-def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) -> dict:
-    """Every file of an experiment's rendering, under `out`; returns {kind: path(s)}."""
+def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, defaults: dict | None = None) -> dict:
+    """Every file of an experiment's rendering, under `out`; returns {kind: path(s)}. `defaults`: each method's
+    default knob value ({method: value}) for the comparison at the defaults against `render.reference`."""
     out.mkdir(parents=True, exist_ok=True)
     render = spec.render
     group_by, metrics = list(render.group_by), list(render.metrics)
@@ -505,6 +572,12 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict) ->
         if not matched.empty:
             matched.to_csv(out / "matched.csv", index=False)
             written["matched"] = matched
+    if reference and defaults and not frame.empty:
+        compared = [m for m in [*metrics, "val_loss_decrease"] if m in frame]
+        paired = method_comparison(frame, reference, defaults, compared)
+        if not paired.empty:
+            paired.to_csv(out / "paired.csv", index=False)
+            written["paired"] = (paired, compared)
     reference_variant = render.get("reference_variant")
     if reference_variant and not frame.empty:
         comparison = variant_comparison(frame, reference_variant, metrics)
@@ -548,6 +621,8 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
         lines.append("")
     if "matched" in written:
         lines += _matched_lines(written["matched"])
+    if "paired" in written:
+        lines += _method_lines(*written["paired"])
     if "variants" in written:
         lines += _variant_lines(written["variants"], list(spec.render.metrics))
     for kind in ("tradeoff", "trajectories", "change_heatmap"):
@@ -558,5 +633,5 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
               "t interval, `_low_seeds`/`_high_seeds`); `†`: one seed, the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
               "bits-per-byte increase on held-out text (lower is better), `preservation` the mean normalized change "
               "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
-              "run, `matched.csv` the matched-learning comparisons, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
+              "run, `matched.csv` the matched-learning comparisons, `paired.csv` the comparison at the defaults, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
     return "\n".join(lines)

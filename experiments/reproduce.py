@@ -148,6 +148,21 @@ def check_variants(methods: list[str], variants: dict[str | None, list[str]], fi
                                   f"{str(error).splitlines()[0]}") from error
 
 
+def default_knob_values(spec: DictConfig, methods: list[str]) -> dict[str, object]:
+    """Each method's knob value where the grid does not set it: its config composed with the grid's fixed settings
+    (a grid override such as train.lr moves LoRA's default with it)."""
+    from hydra import compose, initialize_config_dir
+
+    grid = spec.grid
+    values = {}
+    for method in methods:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"model={grid.model}", f"eval={grid.eval}",
+                                                           *grid.overrides, f"method={method}"])
+        values[method] = OmegaConf.select(cfg, str(cfg.method.knob))
+    return values
+
+
 def cells(spec: DictConfig) -> list[Cell]:
     grid = spec.grid
     knobs = {name: str(cfg.knob) for name, cfg in available("method").items()}
@@ -380,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                      if args.jobs is not None else {"sweep_wall_s_per_method": wall}),
                   "cells": {"total": len(grid_cells), **_counts(statuses)},
                   "not_completed": [_describe(c) | {"status": s} for c, s in statuses.items() if s != "completed"]}
-    written = render.render_experiment(frame, spec, out, provenance)
+    reference = spec.render.get("reference")
+    defaults = default_knob_values(spec, sorted({c.method for c in grid_cells})) if reference else None
+    written = render.render_experiment(frame, spec, out, provenance, defaults)
     _log_summary(spec, frame, written, runs)
     print(f"\n[reproduce] {spec.name}: {provenance['cells']}; written to {out}", flush=True)
     return 0 if provenance["cells"].get("completed", 0) == len(grid_cells) else 1

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from analysis.render import matched_comparison, pareto_front, summarize, variant_comparison
+from analysis.render import matched_comparison, method_comparison, pareto_front, summarize, variant_comparison
 from experiments import reproduce
 from experiments.reproduce import (
     CONF,
@@ -452,3 +452,50 @@ def test_a_mean_over_seeds_counts_the_documents_they_share():
     row = summarize(frame, ["task", "method", "knob_value"], ["target_gain"]).iloc[0]
     assert row.interval == "seeds+documents" and row.target_gain_low == pytest.approx(0.0008)
     assert row.target_gain_low_seeds == row.target_gain_high_seeds == pytest.approx(0.0208)
+
+
+def test_default_knob_values_come_from_the_configs_and_the_grids_fixed_settings():
+    from experiments.reproduce import default_knob_values
+
+    spec = load_experiment("knobs", [])
+    assert default_knob_values(spec, ["lora", "folora", "lalora"]) == {"lora": 2e-3, "folora": 1.0, "lalora": 1.0}
+    moved = load_experiment("knobs", ["grid.overrides=[train.steps=40,train.lr=1e-3]"])
+    assert default_knob_values(moved, ["lora"]) == {"lora": 1e-3}
+
+
+def test_methods_are_compared_at_their_defaults_paired_by_seed():
+    """Seed s shifts both methods alike (the shared data order); the per-seed differences are -0.010, -0.012,
+    -0.008: their mean and t interval, not the unpaired one. Cells at other knob values take no part."""
+    rows = []
+    for seed, shift in enumerate([0.0, 0.02, -0.02]):
+        rows += [{"task": "math", "method": "lora", "knob_value": 2e-3, "seed": seed, "forgetting": 0.03 + shift},
+                 {"task": "math", "method": "lora", "knob_value": 1e-3, "seed": seed, "forgetting": 0.5},
+                 {"task": "math", "method": "other", "knob_value": 1.0,
+                  "seed": seed, "forgetting": 0.03 + shift + [-0.010, -0.012, -0.008][seed]},
+                 {"task": "math", "method": "other", "knob_value": 4.0, "seed": seed, "forgetting": 0.9}]
+    frame = pd.DataFrame(rows).assign(status="completed")
+    row = method_comparison(frame, "lora", {"lora": 2e-3, "other": 1.0}, ["forgetting"]).iloc[0]
+    assert row.method == "other" and row.knob_value == "1" and row.reference_knob_value == "0.002"
+    assert row.seeds == "0,1,2" and row.forgetting_difference == pytest.approx(-0.010)
+    reference = stats.t.interval(0.95, 2, loc=-0.010, scale=stats.sem([-0.010, -0.012, -0.008]))
+    assert (row.forgetting_low, row.forgetting_high) == pytest.approx(reference)
+    assert method_comparison(frame, "lora", {"lora": 4e-3, "other": 1.0}, ["forgetting"]).empty
+
+
+def test_a_paired_difference_counts_the_documents_noise_of_both_runs():
+    """Seeds that agree closely give a narrow t interval; each run's own interval over documents (half width 0.004
+    and 0.003) widens it to the tables' combined interval with the difference's document half width 0.005."""
+    from analysis.render import combined_interval
+
+    rows = []
+    for seed, difference in enumerate([-0.010, -0.011, -0.009]):
+        rows += [{"task": "math", "method": "lora", "knob_value": 2e-3, "seed": seed, "forgetting": 0.03,
+                  "forgetting_low": 0.026, "forgetting_high": 0.034},
+                 {"task": "math", "method": "other", "knob_value": 1.0, "seed": seed, "forgetting": 0.03 + difference,
+                  "forgetting_low": 0.027 + difference, "forgetting_high": 0.033 + difference}]
+    frame = pd.DataFrame(rows).assign(status="completed")
+    row = method_comparison(frame, "lora", {"lora": 2e-3, "other": 1.0}, ["forgetting"]).iloc[0]
+    expected = combined_interval(pd.Series([-0.010, -0.011, -0.009]), pd.Series([0.005] * 3))
+    assert (row.forgetting_low, row.forgetting_high) == pytest.approx(expected)
+    seeds_only = stats.t.interval(0.95, 2, loc=-0.010, scale=stats.sem([-0.010, -0.011, -0.009]))
+    assert row.forgetting_high - row.forgetting_low > seeds_only[1] - seeds_only[0]
