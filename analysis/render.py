@@ -27,6 +27,7 @@ from scipy import stats  # noqa: E402
 
 CONFIDENCE = 0.95
 METRIC_LABELS = {"target_gain": "target gain (after − before)",
+                 "val_loss_decrease": "target validation loss decrease (before − after, nats/token)",
                  "forgetting": "forgetting: bits-per-byte increase on held-out text",
                  "kl_to_base": "KL(base ‖ tuned), nats/token",
                  "preservation": "preservation: mean normalized change"}
@@ -161,38 +162,46 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(set(front))
 
 
-def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, x: str = "target_gain", y: str = "forgetting"
-                  ) -> list[Path]:
-    """x: target gain, y: forgetting (lower is better); one colour per method (or method and variant), error bars = the cells' 95% intervals,
-    each method's knob values joined in knob order (its trade-off curve), the Pareto front (most gain, least
-    forgetting) dashed."""
+def tradeoff_plot(summary: pd.DataFrame, title: str, out: Path, y: str = "forgetting") -> list[Path]:
+    """x: learning, y: forgetting (lower is better); one column per task and one row per measure of learning the
+    summary has (`LEARNING`: the target gain, and the target validation loss decrease where the runs recorded it).
+    One colour per method (or method and variant), error bars = the cells' 95% intervals, each method's knob values
+    joined in knob order (its trade-off curve), the Pareto front (most learning, least forgetting) dashed."""
     tasks = sorted(summary.task.unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.4 * len(tasks), 4.8), squeeze=False)
+    xs = [x for x in LEARNING if f"{x}_mean" in summary and summary[f"{x}_mean"].notna().any()]
+    fig, axes = plt.subplots(len(xs), len(tasks), figsize=(6.4 * len(tasks), 4.8 * len(xs)), squeeze=False)
     summary = summary.assign(series=_series(summary))
     colours = _colours(summary.series)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        part = summary[(summary.task == task) & summary[f"{x}_mean"].notna() & summary[f"{y}_mean"].notna()]
-        for series, rows in part.groupby("series", sort=True):
-            if "knob_value" in rows:
-                rows = rows.sort_values("knob_value", key=lambda s: s.map(_sort_key))
-            ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=_bars(rows, x), yerr=_bars(rows, y),
-                        fmt="o-" if len(rows) > 1 else "o", color=colours[series], label=series, capsize=3,
-                        markersize=6, linewidth=1.2)
-            if len(rows) > 1 and "knob_value" in rows:
-                for _, r in rows.iterrows():
-                    ax.annotate(f"{r.knob_value}", (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7, color=colours[series])
-        front = [(gx, -gy) for gx, gy in pareto_front([(a, -b) for a, b in zip(part[f"{x}_mean"], part[f"{y}_mean"],
-                                                                                 strict=True)])]
-        if len(front) > 1:
-            ax.plot(*zip(*front, strict=True), "--", color="grey", linewidth=1, label="Pareto front", zorder=0)
-        ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
-        ax.axvline(0.0, color="black", linewidth=0.5, alpha=0.4)
-        ax.set(xlabel=METRIC_LABELS.get(x, x), ylabel=METRIC_LABELS.get(y, y) + " (lower is better)",
-               title=f"{title} — task {task}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+    for row, x in zip(axes, xs, strict=True):
+        for ax, task in zip(row, tasks, strict=True):
+            _tradeoff_panel(ax, summary[summary.task == task], x, y, colours)
+            ax.set(title=f"{title} — task {task}")
+    fig.tight_layout()
     return _save(fig, out / "tradeoff")
+
+
+def _tradeoff_panel(ax, part: pd.DataFrame, x: str, y: str, colours: dict) -> None:
+    part = part[part[f"{x}_mean"].notna() & part[f"{y}_mean"].notna()]
+    for series, rows in part.groupby("series", sort=True):
+        if "knob_value" in rows:
+            rows = rows.sort_values("knob_value", key=lambda s: s.map(_sort_key))
+        ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=_bars(rows, x), yerr=_bars(rows, y),
+                    fmt="o-" if len(rows) > 1 else "o", color=colours[series], label=series, capsize=3,
+                    markersize=6, linewidth=1.2)
+        if len(rows) > 1 and "knob_value" in rows:
+            for _, r in rows.iterrows():
+                ax.annotate(f"{r.knob_value}", (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=colours[series])
+    front = [(gx, -gy) for gx, gy in pareto_front([(a, -b) for a, b in zip(part[f"{x}_mean"], part[f"{y}_mean"],
+                                                                             strict=True)])]
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), "--", color="grey", linewidth=1, label="Pareto front", zorder=0)
+    ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
+    if x in SIGNED:   # a change read against zero; every run lowers its validation loss, so that axis has no zero line
+        ax.axvline(0.0, color="black", linewidth=0.5, alpha=0.4)
+    ax.set(xlabel=METRIC_LABELS.get(x, x), ylabel=METRIC_LABELS.get(y, y) + " (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
 
 
 def _bars(rows: pd.DataFrame, metric: str) -> np.ndarray:
@@ -573,7 +582,7 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, de
             matched.to_csv(out / "matched.csv", index=False)
             written["matched"] = matched
     if reference and defaults and not frame.empty:
-        compared = [m for m in [*metrics, "val_loss_decrease"] if m in frame]
+        compared = [m for m in dict.fromkeys([*metrics, "val_loss_decrease"]) if m in frame]
         paired = method_comparison(frame, reference, defaults, compared)
         if not paired.empty:
             paired.to_csv(out / "paired.csv", index=False)
