@@ -141,7 +141,9 @@ def display_table(summary: pd.DataFrame, group_by: list[str], metrics: list[str]
     shown = summary[keys].copy()
     shown["runs"] = [f"{r}" + (f" ({f} failed)" if f else "") for r, f in zip(summary.runs, summary.failed, strict=True)]
     for metric in metrics:
-        shown[metric] = [_ci(metric, m, lo, hi, kind) if runs or failed else "pending" for m, lo, hi, kind, runs, failed in
+        # a completed cell whose runs did not record this metric (e.g. no trajectory) reads "not recorded", not failed
+        shown[metric] = ["pending" if not (runs or failed) else "not recorded" if runs and pd.isna(m)
+                         else _ci(metric, m, lo, hi, kind) for m, lo, hi, kind, runs, failed in
                          zip(summary[f"{metric}_mean"], summary[f"{metric}_low"], summary[f"{metric}_high"],
                              summary["interval"], summary.runs, summary.failed, strict=True)]
     return shown
@@ -353,7 +355,7 @@ def variant_comparison(frame: pd.DataFrame, reference: str, metrics: list[str]) 
     """Each variant against the reference variant of the same method, task and knob value, paired by seed: runs of
     one seed share the training-data order, the initialization and the proxy samples, so `variant − reference` per
     seed removes the seed-to-seed variation both share. One row per variant: the mean difference of each metric over
-    the seeds both completed, with its 95% t interval (no interval with one common seed)."""
+    the seeds both completed, with its 95% interval (`_paired_by_seed`; none with one common seed)."""
     done = frame[frame.status == "completed"] if "variant" in frame else frame.iloc[0:0]
     done = done.assign(knob_label=done.knob_value.map(_knob_label))
     rows = []
@@ -373,7 +375,9 @@ def method_comparison(frame: pd.DataFrame, reference: str, defaults: dict, metri
     runs of one seed share the training-data order, so `method − reference` per seed removes the seed-to-seed
     variation of the data both saw. The defaults are the methods' configs (`defaults`: {method: knob value}), fixed
     before any run, so the comparison picks no setting after seeing results. One row per method and task: the mean
-    difference of each metric over the seeds both completed, with its 95% t interval (none with one common seed)."""
+    difference of each metric over the seeds both completed, with its 95% interval (`_paired_by_seed`; none with one
+    common seed). A method with no run at its default (a grid that sweeps its knob around it) gets a row that says
+    so; a method without a known default is left out rather than compared at a mix of knob values."""
     done = frame[frame.status == "completed"]
     if "variant" in done:
         done = done[done.variant.map(lambda v: not isinstance(v, str))]
@@ -384,25 +388,26 @@ def method_comparison(frame: pd.DataFrame, reference: str, defaults: dict, metri
         if ref.empty:
             continue
         for method in sorted(set(part.method) - {reference}):
+            if method not in defaults:
+                continue
             mine = _at_default(part, method, defaults)
-            if not mine.empty:
-                rows.append({"task": task, "method": method, "knob_value": _knob_label(defaults.get(method)),
-                             "reference": reference, "reference_knob_value": _knob_label(defaults.get(reference)),
-                             **_paired_by_seed(mine, ref, metrics)})
+            row = {"task": task, "method": method, "knob_value": _knob_label(defaults[method]),
+                   "reference": reference, "reference_knob_value": _knob_label(defaults.get(reference))}
+            rows.append(row | (_paired_by_seed(mine, ref, metrics) if not mine.empty else
+                               {"seeds": "", "note": "no completed run at its default"}))
     return pd.DataFrame(rows)
 
 
 def _at_default(part: pd.DataFrame, method: str, defaults: dict) -> pd.DataFrame:
-    """The method's runs at its default knob value, one per seed."""
+    """The method's runs at its default knob value, one per seed (a method without a knob: its only setting)."""
     runs = part[part.method == method]
-    if method in defaults and defaults[method] is not None:
-        runs = runs[runs.knob_value.map(_knob_label) == _knob_label(defaults[method])]
+    runs = runs[runs.knob_value.map(_knob_label) == _knob_label(defaults.get(method))]
     return runs.drop_duplicates("seed").set_index("seed")
 
 
 def _paired_by_seed(mine: pd.DataFrame, ref: pd.DataFrame, metrics: list[str]) -> dict:
-    """Per metric, the mean over common seeds of `mine − ref` and its 95% interval: the seeds' t interval widened by
-    the eval documents' noise as in the tables (`combined_interval`). Both runs of a seed are scored on the same
+    """Per metric, the mean over common seeds of `mine − ref` and its 95% interval counting the eval documents' noise
+    as the tables do (`combined_interval`: never narrower than the seeds' t interval). Both runs of a seed are scored on the same
     documents; the document part of their difference is taken as if the two runs' own paired intervals were
     independent (√(h₁² + h₂²) per seed), an upper bound, since runs scored on the same documents co-vary. A metric
     without per-run intervals (the validation loss) gets the seeds' t interval alone."""
@@ -447,10 +452,13 @@ def _difference_table(comparison: pd.DataFrame, columns: list[str], metrics: lis
     table = comparison[columns].copy()
     for metric in metrics:
         if f"{metric}_difference" not in comparison:
-            continue
-        table[metric] = [_ci(metric, m, lo, hi, "seeds", signed=True) if not pd.isna(m) else "no common seed"
-                         for m, lo, hi in zip(comparison[f"{metric}_difference"], comparison[f"{metric}_low"],
-                                              comparison[f"{metric}_high"], strict=True)]
+            comparison = comparison.assign(**{f"{metric}_difference": math.nan, f"{metric}_low": math.nan,
+                                              f"{metric}_high": math.nan})
+        notes = comparison["note"] if "note" in comparison else pd.Series([None] * len(comparison))
+        table[metric] = [_ci(metric, m, lo, hi, "seeds", signed=True) if not pd.isna(m)
+                         else note if isinstance(note, str) and note else "not measured on both sides"
+                         for m, lo, hi, note in zip(comparison[f"{metric}_difference"], comparison[f"{metric}_low"],
+                                                    comparison[f"{metric}_high"], notes, strict=True)]
     return [table.to_markdown(index=False), ""]
 
 
@@ -640,7 +648,9 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
     lines += ["Columns: mean [95% interval] over the completed seeds (`runs`): the interval counts the seed-to-seed "
               "variation and the choice of eval documents, which all seeds share (`table.csv` also has the seeds-only "
               "t interval, `_low_seeds`/`_high_seeds`); `†`: one seed, the run's paired interval over documents; `*`: the interval excludes zero. `forgetting` is the paired "
-              "bits-per-byte increase on held-out text (lower is better), `preservation` the mean normalized change "
+              "bits-per-byte increase on held-out text (lower is better), `val_loss_decrease` the target validation loss "
+              "before training minus after (nats/token; no per-run interval, so its interval is over seeds only and a "
+              "one-seed cell has none), `preservation` the mean normalized change "
               "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
               "run, `matched.csv` the matched-learning comparisons, `paired.csv` the comparison at the defaults, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
     return "\n".join(lines)

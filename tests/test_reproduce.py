@@ -499,3 +499,27 @@ def test_a_paired_difference_counts_the_documents_noise_of_both_runs():
     assert (row.forgetting_low, row.forgetting_high) == pytest.approx(expected)
     seeds_only = stats.t.interval(0.95, 2, loc=-0.010, scale=stats.sem([-0.010, -0.011, -0.009]))
     assert row.forgetting_high - row.forgetting_low > seeds_only[1] - seeds_only[0]
+
+
+def test_a_method_is_compared_only_at_its_known_default():
+    """A method swept around its default (no run at it) gets a row that says so; a method whose default is unknown is
+    left out instead of being compared at whichever knob value each seed happens to have."""
+    rows = [{"task": "math", "method": method, "knob_value": value, "seed": seed, "forgetting": 0.01 * seed}
+            for seed in range(3) for method, value in (("lora", 2e-3), ("slice", 0.25), ("slice", 0.75),
+                                                       ("unknown", 0.1), ("unknown", 10.0))]
+    frame = pd.DataFrame(rows).assign(status="completed")
+    compared = method_comparison(frame, "lora", {"lora": 2e-3, "slice": "middle"}, ["forgetting"])
+    assert list(compared.method) == ["slice"]
+    assert compared.iloc[0].note == "no completed run at its default" and compared.iloc[0].knob_value == "middle"
+
+
+def test_a_completed_cell_without_a_metric_reads_not_recorded():
+    from analysis.render import display_table
+
+    frame = pd.DataFrame({"task": "math", "method": "lora", "knob": "train.lr", "knob_value": [2e-3, 2e-3],
+                          "seed": [0, 1], "status": "completed", "target_gain": [0.1, 0.2],
+                          "val_loss_decrease": [None, None]})
+    metrics = ["target_gain", "val_loss_decrease"]
+    shown = display_table(summarize(frame, ["task", "method", "knob_value"], metrics), ["task", "method", "knob_value"],
+                          metrics)
+    assert shown.iloc[0].val_loss_decrease == "not recorded" and shown.iloc[0].target_gain.startswith("+0.15")
