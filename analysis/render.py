@@ -201,7 +201,14 @@ def _tradeoff_panel(ax, part: pd.DataFrame, x: str, y: str, colours: dict) -> No
     ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
     if x in SIGNED:   # a change read against zero; every run lowers its validation loss, so that axis has no zero line
         ax.axvline(0.0, color="black", linewidth=0.5, alpha=0.4)
-    ax.set(xlabel=METRIC_LABELS.get(x, x), ylabel=METRIC_LABELS.get(y, y) + " (lower is better)")
+    ylabel = METRIC_LABELS.get(y, y) + " (lower is better)"
+    spread = part[f"{y}_mean"].abs()
+    if len(spread) > 2 and spread.max() > 20 * spread.median() > 0:
+        # one collapsed method (forgetting ~1 bit/byte) would flatten every other curve onto zero: linear near
+        # zero, logarithmic beyond the typical size
+        ax.set_yscale("symlog", linthresh=float(spread.median()))
+        ylabel = f"{METRIC_LABELS.get(y, y)}\n(lower is better; symlog scale, linear within ±{spread.median():.2g})"
+    ax.set(xlabel=METRIC_LABELS.get(x, x), ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 
