@@ -59,9 +59,14 @@ class Method:
     A method's options are the keyword parameters of its `__init__` (and, where that forwards `**options`, of its
     parents'): `method_options` lists them and `check_method_options` refuses any other key before anything runs."""
 
-    def __init__(self, name: str, knob: str):
+    def __init__(self, name: str, knob: str, lr: float | None = None):
         self.name = name
         self.knob = knob
+        # `lr` is the method's own default learning rate, set in its YAML where the shared default does not suit it
+        # (conf/config.yaml: `train.lr: ${oc.select:method.lr,...}`); the optimizer reads `train.lr`, so a command-line
+        # `train.lr=...` still wins. Checked here so that a misspelt or negative value stops the run.
+        require(lr is None or lr > 0, f"method.lr={lr} must be a positive learning rate (e.g. method.lr=2e-4).")
+        self.lr = lr
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         raise NotImplementedError
@@ -106,8 +111,8 @@ class PeftLoRAMethod(Method):
     Subclasses change the initialization (`prepare`), the optimizer, the regularizer or the export."""
 
     def __init__(self, name: str, knob: str, rank: int = 16, alpha: float = 32, dropout: float = 0.05,
-                 target_modules: str | list = "all-linear"):
-        super().__init__(name, knob)
+                 target_modules: str | list = "all-linear", lr: float | None = None):
+        super().__init__(name, knob, lr)
         check_rank(int(rank))
         require(alpha > 0, f"method.alpha={alpha} must be positive (the adapter's scale is alpha / rank).")
         require(0 <= dropout < 1, f"method.dropout={dropout} must be in [0, 1).")

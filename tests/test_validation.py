@@ -154,11 +154,30 @@ def test_a_misspelt_key_in_a_method_yaml_is_refused():
         check_method_options(cfg)
 
 
+def test_a_method_sets_its_own_default_learning_rate_and_the_command_line_still_wins():
+    # LoRA, LaLoRA and FoLoRA share the 2e-3 of conf/config.yaml; the SVD slice's YAML sets its own (train.lr reads it)
+    assert composed("method=lora").train.lr == 2.0e-3
+    assert "lr" not in composed("method=lora").method
+    for name in ("pissa", "milora", "intermediate_pc"):
+        cfg = composed(f"method={name}")
+        assert cfg.train.lr == cfg.method.lr
+        assert composed(f"method={name}", "method.lr=1e-5").train.lr == 1e-5
+        assert composed(f"method={name}", "train.lr=3e-3").train.lr == 3e-3
+
+
+@pytest.mark.parametrize("value", [-1e-3, 0.0])
+def test_a_method_learning_rate_that_is_not_positive_is_refused(value):
+    from baselines.svd_slice import SVDSlice
+
+    with pytest.raises(FoloraError, match=r"method.lr=.* must be a positive learning rate"):
+        SVDSlice(name="pissa", offset="top", lr=value)
+
+
 def test_method_options_follow_the_class_hierarchy():
     from baselines.svd_slice import SVDSlice
     from folora.fo_lora import FoLoRA
 
-    assert {"rank", "alpha", "dropout", "target_modules", "offset", "name", "knob"} == set(method_options(SVDSlice))
+    assert {"rank", "alpha", "dropout", "target_modules", "offset", "name", "knob", "lr"} == set(method_options(SVDSlice))
     assert {"kappa", "proxy", "calibration", "rank"} <= set(method_options(FoLoRA))
 
 
