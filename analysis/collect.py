@@ -3,7 +3,7 @@
     python -m analysis.collect runs multirun        # prints a summary table of every run found
 
 Columns: run folder, status, error, model, task, method, knob and its value, seed, variant (an experiment's named
-override set, e.g. an ablation; None elsewhere); the headlines `target_gain`, `forgetting`, `kl_to_base` and
+override set, e.g. an ablation; None elsewhere), `lr` (the learning rate the run trained at); the headlines `target_gain`, `forgetting`, `kl_to_base` and
 `preservation` (mean normalized change), each with its paired 95% interval (`<name>_low`, `<name>_high`), and
 `preservation_dropped` (items that dropped significantly); `val_loss_decrease` (the target validation loss before
 training minus after: learning, measured on held-out task text); train tokens/s, wall seconds; for every eval item
@@ -69,7 +69,8 @@ def record_row(data: dict, run: str) -> dict:
     out = {"run": run, "status": data.get("status"), "error": (data.get("error") or {}).get("message"),
            "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
            "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": knob_value,
-           "seed": config.get("seed"), "variant": config.get("variant")}
+           "seed": config.get("seed"), "variant": config.get("variant"),
+           "lr": _select(config, "train.lr")}   # each method's own default where its YAML sets one (method.lr)
     preservation = data.get("preservation") or {}
     sources = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
                "kl_to_base": data.get("kl_to_base"), "preservation": preservation.get("mean_change")}

@@ -12,7 +12,8 @@ in `conf/method/_base/`. The runner calls, in order:
     method.export(model, path)              # a PEFT adapter that loads on the unmodified base model
 
 Each YAML also names its `knob`: the config key that moves the method along the learning-forgetting trade-off,
-so sweeps can trace one curve per method without knowing which method it is.
+so sweeps can trace one curve per method without knowing which method it is; and it may set `lr`, its own default
+learning rate, which `train.lr` takes unless the command line sets it (conf/config.yaml).
 """
 
 from __future__ import annotations

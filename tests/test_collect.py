@@ -12,7 +12,7 @@ def test_collect_reads_every_run_and_keeps_the_numbers(tmp_path):
         run = tmp_path / f"run{i}"
         run.mkdir()
         record = {"status": status, "config": {"model": {"name": "tiny-random"}, "task": {"name": "math"},
-                                               "method": {"name": "lora"}, "seed": i},
+                                               "method": {"name": "lora"}, "seed": i, "train": {"lr": 0.1 * (i + 1)}},
                   "method": {"knob": "train.lr", "knob_value": 0.1 * (i + 1)}}
         if status == "completed":
             record |= {"target_gain": {"value": 0.25, "ci": [0.1, 0.4]}, "forgetting": {"value": 0.02, "ci": [0.01, 0.03]},
@@ -27,7 +27,7 @@ def test_collect_reads_every_run_and_keeps_the_numbers(tmp_path):
     assert (frame.loc[0, "forgetting_low"], frame.loc[0, "forgetting_high"]) == (0.01, 0.03)
     assert frame.loc[0, "preservation"] == -0.05 and frame.loc[0, "preservation_dropped"] == 1
     assert frame.loc[0, "change_high:capitals"] == -0.01
-    assert frame.loc[1, "knob_value"] == 0.2
+    assert frame.loc[1, "knob_value"] == 0.2 and frame.loc[1, "lr"] == 0.2
 
 
 def test_schema_1_records_give_values_without_intervals(tmp_path):

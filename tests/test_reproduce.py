@@ -405,7 +405,7 @@ def test_a_misspelt_variant_stops_before_anything_runs():
 def test_a_grid_without_variants_keeps_its_folder_and_editing_a_variant_moves_it(tmp_path):
     from experiments.reproduce import sweep_dir
 
-    assert sweep_dir(load_experiment("knobs", []), tmp_path).name == "smollm2-135m_embedded_e9821d49"
+    assert sweep_dir(load_experiment("knobs", []), tmp_path).name == "smollm2-135m_embedded_df30e1aa"
     before = sweep_dir(load_experiment("ablations", []), tmp_path)
     edited = sweep_dir(load_experiment("ablations", ["grid.variants.proxy_16=[method.proxy.num_sequences=8]"]), tmp_path)
     assert before != edited
