@@ -63,11 +63,10 @@ class Method:
     def __init__(self, name: str, knob: str, lr: float | None = None):
         self.name = name
         self.knob = knob
-        # `lr` is the method's own default learning rate, set in its YAML where the shared default does not suit it
-        # (conf/config.yaml: `train.lr: ${oc.select:method.lr,...}`); the optimizer reads `train.lr`, so a command-line
-        # `train.lr=...` still wins. Checked here so that a misspelt or negative value stops the run.
+        # `lr` is the method's own default learning rate, set in its YAML where the shared default does not suit it.
+        # It is not kept: `train.lr` reads it (conf/config.yaml: `${oc.select:method.lr,...}`) and the optimizer reads
+        # `train.lr`, so a command-line `train.lr=...` still wins. Checked here so that a bad value stops the run.
         require(lr is None or lr > 0, f"method.lr={lr} must be a positive learning rate (e.g. method.lr=2e-4).")
-        self.lr = lr
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         raise NotImplementedError
