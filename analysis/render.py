@@ -405,6 +405,18 @@ def method_comparison(frame: pd.DataFrame, reference: str, defaults: dict, metri
     return pd.DataFrame(rows)
 
 
+def focus_comparison(frame: pd.DataFrame, focus: str, defaults: dict, metrics: list[str]) -> pd.DataFrame:
+    """The method a grid is about (`render.focus`) at its default against every other method at its own, task by
+    task, paired by seed: `focus − other` per metric (negative forgetting: the focus method forgets less), one row
+    per task and other method. `method_comparison` with each other method as the reference, read from the focus
+    method's side, so the question "where does it stand against each baseline" has one table."""
+    others = [m for m in sorted(set(frame.method) - {focus}) if m in defaults] if not frame.empty else []
+    parts = [method_comparison(frame, other, defaults, metrics) for other in others]
+    rows = [part[part.method == focus] for part in parts if not part.empty]
+    return pd.concat(rows, ignore_index=True).sort_values(["task", "reference"], ignore_index=True) if rows else \
+        pd.DataFrame()
+
+
 def _at_default(part: pd.DataFrame, method: str, defaults: dict) -> pd.DataFrame:
     """The method's runs at its default knob value, one per seed (a method without a knob: its only setting)."""
     runs = part[part.method == method]
@@ -448,6 +460,14 @@ def _method_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
              f"{PAIRED_NOTE}; "
              f"`val_loss_decrease`: learning on the target's held-out text):", ""]
     return lines + _difference_table(comparison, ["task", "method", "knob_value", "seeds"], metrics)
+
+
+def _focus_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
+    focus = comparison.method.iloc[0]
+    lines = [f"`{focus}` at its default knob value ({comparison.knob_value.iloc[0]}) − each other method at its "
+             f"default, task by task, paired by seed (negative forgetting: `{focus}` forgets less; mean difference "
+             f"over the seeds both completed, 95% interval over seeds and documents; {PAIRED_NOTE}):", ""]
+    return lines + _difference_table(comparison, ["task", "reference", "reference_knob_value", "seeds"], metrics)
 
 
 PAIRED_NOTE = ("the interval adds the eval documents' noise, counting the two runs' own intervals as independent (an "
@@ -602,6 +622,13 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, de
         if not paired.empty:
             paired.to_csv(out / "paired.csv", index=False)
             written["paired"] = (paired, compared)
+    focus = render.get("focus")
+    if focus and defaults and not frame.empty:
+        compared = [m for m in dict.fromkeys([*metrics, "val_loss_decrease"]) if m in frame]
+        against = focus_comparison(frame, focus, defaults, compared)
+        if not against.empty:
+            against.to_csv(out / "focus.csv", index=False)
+            written["focus"] = (against, compared)
     reference_variant = render.get("reference_variant")
     if reference_variant and not frame.empty:
         comparison = variant_comparison(frame, reference_variant, metrics)
@@ -647,6 +674,8 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
         lines += _matched_lines(written["matched"])
     if "paired" in written:
         lines += _method_lines(*written["paired"])
+    if "focus" in written:
+        lines += _focus_lines(*written["focus"])
     if "variants" in written:
         lines += _variant_lines(written["variants"], list(spec.render.metrics))
     for kind in ("tradeoff", "trajectories", "change_heatmap"):
@@ -659,5 +688,5 @@ def _readme(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:
               "before training minus after (nats/token; no per-run interval, so its interval is over seeds only and a "
               "one-seed cell has none), `preservation` the mean normalized change "
               "of the preservation items (docs/results.md). `table.csv` has the unrounded values, `runs.csv` every "
-              "run, `matched.csv` the matched-learning comparisons, `paired.csv` the comparison at the defaults, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
+              "run, `matched.csv` the matched-learning comparisons, `paired.csv` the comparison at the defaults, `focus.csv` the focus method against each other method at the defaults, `variants.csv` the paired variant comparison, `provenance.json` the sweep commands and wall times.", ""]
     return "\n".join(lines)

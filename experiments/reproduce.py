@@ -82,7 +82,20 @@ def load_experiment(name: str, dotlist: list[str]) -> DictConfig:
     if not path.is_file():
         names = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
         raise ExperimentError(f"There is no experiment {name!r}; choose one of {names} (files in experiments/).")
-    return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(dotlist))
+    spec = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(dotlist))
+    check_render(spec)
+    return spec
+
+
+def check_render(spec: DictConfig) -> None:
+    """`render.reference` and `render.focus` name methods of conf/method: a misspelt one stops the grid before it
+    runs rather than leaving its comparison silently out of the tables."""
+    methods = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+    for key in ("reference", "focus"):
+        value = spec.get("render", {}).get(key)
+        if value is not None and value not in methods:
+            raise ExperimentError(f"render.{key}: {value!r} is not a method; choose one of {methods} "
+                                  f"(files in conf/method/).")
 
 
 def resolve_tasks(selector) -> list[str]:
@@ -395,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                      if args.jobs is not None else {"sweep_wall_s_per_method": wall}),
                   "cells": {"total": len(grid_cells), **_counts(statuses)},
                   "not_completed": [_describe(c) | {"status": s} for c, s in statuses.items() if s != "completed"]}
-    reference = spec.render.get("reference")
-    defaults = default_knob_values(spec, sorted({c.method for c in grid_cells})) if reference else None
+    compares = spec.render.get("reference") or spec.render.get("focus")
+    defaults = default_knob_values(spec, sorted({c.method for c in grid_cells})) if compares else None
     written = render.render_experiment(frame, spec, out, provenance, defaults)
     _log_summary(spec, frame, written, runs)
     print(f"\n[reproduce] {spec.name}: {provenance['cells']}; written to {out}", flush=True)

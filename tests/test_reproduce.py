@@ -15,7 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from analysis.render import matched_comparison, method_comparison, pareto_front, summarize, variant_comparison
+from analysis.render import (focus_comparison, matched_comparison, method_comparison, pareto_front, summarize,
+                             variant_comparison)
 from experiments import reproduce
 from experiments.reproduce import (
     CONF,
@@ -480,6 +481,30 @@ def test_methods_are_compared_at_their_defaults_paired_by_seed():
     reference = stats.t.interval(0.95, 2, loc=-0.010, scale=stats.sem([-0.010, -0.012, -0.008]))
     assert (row.forgetting_low, row.forgetting_high) == pytest.approx(reference)
     assert method_comparison(frame, "lora", {"lora": 4e-3, "other": 1.0}, ["forgetting"]).empty
+
+
+def test_the_focus_method_is_compared_with_every_other_method_from_its_own_side():
+    """`focus − other` per seed for each other method at its default: the sign says whether the focus method forgets
+    less; a knob value off the default takes no part, on either side."""
+    rows = []
+    for seed, shift in enumerate([0.0, 0.02, -0.02]):
+        for method, value, forgetting in (("folora", 1.0, 0.01), ("folora", 4.0, 0.9), ("lora", 2e-3, 0.03),
+                                          ("pissa", "top", 0.2)):
+            rows.append({"task": "math", "method": method, "knob_value": value, "seed": seed,
+                         "forgetting": forgetting + shift + (0.001 * seed if method == "pissa" else 0.0)})
+    frame = pd.DataFrame(rows).assign(status="completed")
+    defaults = {"folora": 1.0, "lora": 2e-3, "pissa": "top"}
+    compared = focus_comparison(frame, "folora", defaults, ["forgetting"])
+    assert list(compared.reference) == ["lora", "pissa"] and set(compared.method) == {"folora"}
+    assert compared.forgetting_difference.tolist() == pytest.approx([-0.02, -0.191])
+    pissa = stats.t.interval(0.95, 2, loc=-0.191, scale=stats.sem([-0.19, -0.191, -0.192]))
+    assert (compared.iloc[1].forgetting_low, compared.iloc[1].forgetting_high) == pytest.approx(pissa)
+    assert focus_comparison(frame[frame.method != "folora"], "folora", defaults, ["forgetting"]).empty
+
+
+def test_an_experiment_naming_an_unknown_method_to_compare_with_stops_before_it_runs():
+    with pytest.raises(ExperimentError, match=r"render.focus: 'fololra' is not a method; choose one of \[.*'folora'"):
+        load_experiment("main", ["render.focus=fololra"])
 
 
 def test_a_paired_difference_counts_the_documents_noise_of_both_runs():
