@@ -38,7 +38,7 @@ lint: $(STAMP)
 clean-cache:
 	rm -rf $${FOLORA_CACHE:-$$HOME/.cache/folora}
 
-# Step time of methods side by side on the same batches (ARGS: model=... steps=... methods=lora,folora).
+# Where the time goes, side by side in one process (ARGS: model=... sections=... out=...; docs/bench.md).
 bench: $(STAMP)
 	$(PY) -m folora.bench $(ARGS)
 

@@ -136,7 +136,7 @@ def save(workspace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.dashboard", description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", nargs="?", help="a file name in experiments/ without .yaml: knobs, main, smoke")
+    parser.add_argument("experiment", nargs="?", help="a file name in experiments/ without .yaml: knobs, main, ablations, smoke")
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY") or None)
     parser.add_argument("--project", default=None, help="W&B project (default: conf/logger/wandb.yaml's)")
     parser.add_argument("--runs-root", type=Path, default=RUNS_ROOT, help="where the experiment's sweeps ran")

@@ -251,7 +251,7 @@ def _multirun(spec: DictConfig, group: list[Cell], runs: Path, launch: list[str]
 
 def parallel_jobs(jobs: int) -> list[str]:
     """The thread setting of each of `jobs` runs at a time on this machine: its share of the CPU cores. On 2 cores
-    two one-thread runs finish more work per hour than one two-thread run (docs/bench.md)."""
+    two one-thread runs finish more work per hour than one two-thread run (README.md, Sweeps)."""
     if jobs < 1:
         raise ExperimentError(f"--jobs {jobs}: give a positive number of parallel runs, e.g. --jobs 2.")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -358,7 +358,7 @@ def cell_status(frame, cell: Cell) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", help="a file name in experiments/ without .yaml: main, knobs, gpu-main, smoke")
+    parser.add_argument("experiment", help="a file name in experiments/ without .yaml: main, knobs, ablations, gpu-main, smoke")
     parser.add_argument("overrides", nargs="*", help="experiment keys to override, e.g. grid.seeds=[0]")
     parser.add_argument("--launcher", choices=sorted(LAUNCHERS), default="basic")
     parser.add_argument("--launch", action="append", default=[], metavar="OVERRIDE",

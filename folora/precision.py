@@ -3,8 +3,9 @@
 `auto` is bf16 autocast where the hardware computes bf16 natively — a CUDA GPU that supports it, a CPU with
 AVX512-BF16 or AMX — and fp32 elsewhere (AVX2 and plain AVX-512 emulate bf16 more slowly than fp32). Autocast
 keeps the master weights, the gradients and the optimizer state in fp32: only the matmuls run in bf16. Statistics
-that must stay exact (FoLoRA's covariances accumulate in fp32, its solves run in fp64; log-probabilities are taken
-from fp32 logits) do so at every precision.
+that must stay exact (FoLoRA's covariances accumulate in fp32, its solves run in fp64; the eval suite's and KL's
+log-probabilities are taken from fp32 logits) do so at every precision. The training and validation losses take
+bf16 logits under bf16 and upcast them for the cross-entropy (docs/precision.md).
 """
 
 from __future__ import annotations

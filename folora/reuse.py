@@ -8,7 +8,8 @@ run that computed them) instead of spending the same CPU time again.
 
 The same computation means all of:
 - the same resolved config, less the keys that only label a run or say how it is executed (`EXECUTION_KEYS`,
-  `variant`);
+  `variant`) and those that reach the computation only through another compared key (`method.lr`, which is
+  `train.lr`'s default);
 - a key only this run's config has (one added by newer code, e.g. `model.dtype`) holds its default: no override of
   this run sets it, and no override picks a config file other than the primary config's default for its group (a
   file such as `model=llama-3.1-8b-instruct` sets `dtype: bf16` itself). A key is added with the default that keeps
@@ -34,11 +35,16 @@ from folora.checkpoint import EXECUTION_KEYS, flat_config, without_keys
 from folora.results import write_bytes_atomic, write_json_atomic
 
 LABEL_KEYS = ("variant",)   # names a run; what a variant changes is in its overrides, which are compared
+# Keys that reach the computation only through another key that is compared: `method.lr` is `train.lr`'s default
+# (conf/config.yaml) and nothing else reads it, so a run made with `++method.lr=2e-3` (knobs) and one whose method has
+# no `lr` (main's LoRA) compute the same when their `train.lr` agree.
+SOURCE_KEYS = ("method.lr",)
 
 
 def comparable(config: dict) -> dict:
-    """The flat resolved config less labels and execution keys: what decides the numbers a run computes."""
-    return without_keys(flat_config(config), (*EXECUTION_KEYS, *LABEL_KEYS))
+    """The flat resolved config less labels, execution keys and keys read only through another compared key: what
+    decides the numbers a run computes."""
+    return without_keys(flat_config(config), (*EXECUTION_KEYS, *LABEL_KEYS, *SOURCE_KEYS))
 
 
 def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:

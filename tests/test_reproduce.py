@@ -15,8 +15,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from analysis.render import (focus_comparison, matched_comparison, method_comparison, pareto_front, summarize,
-                             variant_comparison)
+from analysis.render import (
+    focus_comparison,
+    matched_comparison,
+    method_comparison,
+    pareto_front,
+    summarize,
+    variant_comparison,
+)
 from experiments import reproduce
 from experiments.reproduce import (
     CONF,

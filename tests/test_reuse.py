@@ -31,6 +31,18 @@ def test_a_key_only_the_other_run_has_or_a_different_value_is_another_computatio
     assert same_computation({"train.lr": 0.002, "seed": 0}, {"seed": 0, "train.lr": 2.0e-3}, overridden={"seed"})
 
 
+def test_a_methods_learning_rate_is_compared_through_the_one_training_uses():
+    """`method.lr` only supplies `train.lr`'s default: knobs' `++method.lr=2e-3` LoRA cell and main's LoRA (no
+    `method.lr`) at train.lr 2e-3 are one computation; a different train.lr is not, whatever method.lr says."""
+    from folora.reuse import comparable
+
+    knobs = comparable({"method": {"name": "lora", "lr": 0.002}, "train": {"lr": 0.002}})
+    main = comparable({"method": {"name": "lora"}, "train": {"lr": 0.002}})
+    assert same_computation(main, knobs, overridden={"method"}) and same_computation(knobs, main, overridden={"method"})
+    moved = comparable({"method": {"name": "lora", "lr": 0.002}, "train": {"lr": 0.001}})
+    assert not same_computation(main, moved, overridden={"method"})
+
+
 def test_overridden_keys_name_values_and_config_files_other_than_the_default():
     overrides = ["method=lora", "model=smollm2-135m", "train.lr=0.002", "+method.extra=1", "~method.dropout",
                  "hydra.verbose=true", "hydra/launcher=joblib", "seed=0", "method.layers.0=3", "model@other=tiny-random",

@@ -1,7 +1,7 @@
 """`make bench`: where the time goes, measured side by side in one process and printed as a table.
 
     python -m folora.bench [model=smollm2-135m] [precision=auto] [steps=4] [warmup=1] [batch_size=8] [seq_len=128]
-                           [sections=ceiling,train,overhead,eval,scaling,run,shapes8b]
+                           [sections=ceiling,train,overhead,eval,scaling,run,shapes8b] [out=results/bench]
 
 1. ceiling   a large matmul (fp32; bf16 where the hardware has it) -> FLOP/s; the training FLOPs per token of the
              model under LoRA (forward + backward through a frozen base) -> the bound in tokens/s.
@@ -13,7 +13,8 @@
              share of a default `make run` (estimated from this run's own figures; the formula is printed).
 4. eval      items/s for each item of the embedded suite; generated tokens/s batched vs one prompt at a time.
 5. scaling   LoRA / FoLoRA step time and FoLoRA calibration over tiny-random models of growing width and rank,
-             and the cost predicted for an 8B model from fitted per-FLOP rates (docs/bench.md explains the model).
+             and the cost predicted for an 8B model from fitted per-FLOP rates (superseded by the measured
+             shapes8b section: docs/bench.md).
 6. run       `python -m folora.run` with the defaults, as `make run` runs it, on an empty cache (cold: model
              conversion, base eval, proxy sampling) and again on the filled cache (warm): wall time and the phase
              table. Not in the default sections (it takes two default runs); ask with sections=run, and pass
@@ -26,7 +27,7 @@
 
 `precision=auto|fp32|bf16` (default auto: bf16 where the hardware has it) applies to every section.
 
-Writes everything as JSON to results/bench/bench_<model>_<device>_<precision>.json. On a CUDA machine the same command runs
+Writes everything as JSON to <out>/bench_<model>_<device>_<precision>.json (out: results/bench). On a CUDA machine the same command runs
 unchanged: bf16 autocast, CUDA events for timing, model FLOP utilization against the measured bf16 peak.
 """
 
