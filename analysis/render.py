@@ -515,6 +515,9 @@ def _matched(cells, ref_cells, resamples: int, rng) -> dict:
     gains, forgetting = _curve(cells)
     ref_gains, ref_forgetting = _curve(ref_cells)
     low, high = max(gains.min(), ref_gains.min()), min(gains.max(), ref_gains.max())
+    if low > high and len(gains) == 1 and len(ref_gains) == 1:   # a grid of defaults (main): no curve between them
+        return {"matched_at": math.nan, "note": "one setting on each side at different learning: no curve to match "
+                                                "along (the comparison at the defaults, paired by seed, is paired.csv)"}
     if low > high:
         return {"matched_at": math.nan, "note": f"no overlap: gains [{gains.min():.3f}, {gains.max():.3f}] vs "
                 f"reference [{ref_gains.min():.3f}, {ref_gains.max():.3f}]"}

@@ -2,6 +2,7 @@
 and marked, and every number of the rendered table is the number in the run's results.json."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -487,6 +488,16 @@ def test_methods_are_compared_at_their_defaults_paired_by_seed():
     reference = stats.t.interval(0.95, 2, loc=-0.010, scale=stats.sem([-0.010, -0.012, -0.008]))
     assert (row.forgetting_low, row.forgetting_high) == pytest.approx(reference)
     assert method_comparison(frame, "lora", {"lora": 4e-3, "other": 1.0}, ["forgetting"]).empty
+
+
+def test_two_single_settings_are_not_matched_along_a_curve():
+    """A grid of defaults has one point per method: at different gains nothing lies between them to interpolate, so
+    the matched comparison says so instead of reporting two points that happen not to overlap."""
+    frame = pd.DataFrame([{"task": "math", "method": method, "knob_value": value, "seed": seed, "status": "completed",
+                           "target_gain": gain + 0.01 * seed, "forgetting": 0.02}
+                          for seed in range(3) for method, value, gain in (("lora", 2e-3, 0.1), ("other", 1.0, 0.2))])
+    row = matched_comparison(frame, reference="lora").iloc[0]
+    assert math.isnan(row.matched_at) and row.note.startswith("one setting on each side")
 
 
 def test_the_focus_method_is_compared_with_every_other_method_from_its_own_side():
