@@ -23,14 +23,20 @@ HEADLINES = ("target_gain", "forgetting", "kl_to_base", "preservation")
 def compare(run_a: Path, run_b: Path) -> dict:
     """{"items": {item: {a, b, difference, margin_difference}}, "headline": {name: {a, b}}} for two run folders."""
     finals = [outcomes.load(run / "outcomes.json.gz")["final"] for run in (run_a, run_b)]
-    changes = item_changes(*finals)
     records = [json.loads((run / "results.json").read_text()) for run in (run_a, run_b)]
+    changes = item_changes(*finals, sources=recorded_sources(records[0]))
     items = {}
     for item, change in changes.items():
         items[item] = {"a": outcomes.score(finals[0][item]), "b": outcomes.score(finals[1][item]),
                        "difference": change["change"], "margin_difference": change["margin_change"]}
     headline = {name: {"a": records[0].get(name), "b": records[1].get(name)} for name in HEADLINES}
     return {"runs": [str(run_a), str(run_b)], "items": items, "headline": headline}
+
+
+def recorded_sources(record: dict) -> dict[str, str]:
+    """{item: lm-eval task} from a run's recorded eval suite (`suite.item_sources`); empty for a record without it."""
+    items = (record.get("config") or {}).get("eval", {}).get("items") or {}
+    return {name: spec["task"] for name, spec in items.items() if isinstance(spec, dict) and "task" in spec}
 
 
 def _interval(interval) -> str:

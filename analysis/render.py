@@ -45,7 +45,7 @@ def summarize(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) -> p
     keyed = frame.assign(knob_value=frame["knob_value"].map(_knob_label))
     rows = []
     for key, group in keyed.groupby(group_by, sort=True, dropna=False):
-        done = group[group.status == "completed"]
+        done = group[group.status == "completed"].drop_duplicates("seed")   # a seed counts once, as in the pairing
         row = dict(zip(group_by, key if isinstance(key, tuple) else (key,), strict=True))
         row |= {"knob": group["knob"].iloc[0], "runs": len(done), "failed": int((group.status == "failed").sum()),
                 "seeds": ",".join(str(s) for s in sorted(done.seed)),
@@ -223,7 +223,8 @@ def _bars(rows: pd.DataFrame, metric: str) -> np.ndarray:
 def change_heatmap(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
     """Per method (and knob value) and eval item: the mean paired change over completed seeds, coloured by whether
     it is better (blue) or worse (red) with each column on its own scale; `*` marks a change whose interval
-    excludes zero (t over seeds, or with one seed the run's paired interval over documents)."""
+    excludes zero (the tables' interval over seeds and documents, `combined_interval`, or with one seed the run's
+    paired interval over documents)."""
     done = frame[frame.status == "completed"]
     items = [c.removeprefix("change:") for c in done.columns if c.startswith("change:") and done[c].notna().any()]
     tasks = sorted(done.task.unique()) if len(done) else []
@@ -278,10 +279,13 @@ def _significant(changes: pd.Series, runs: pd.DataFrame, item: str) -> bool:
                            - pd.to_numeric(chosen[f"change_low:{item}"], errors="coerce")) / 2).dropna()
         low, high = combined_interval(changes, halfwidths)
         return bool(low > 0 or high < 0)
-    low, high = runs.get(f"change_low:{item}"), runs.get(f"change_high:{item}")
-    if low is None or high is None or pd.isna(low.iloc[0]):
+    if len(changes) == 0 or f"change_low:{item}" not in runs or f"change_high:{item}" not in runs:
         return False
-    return bool(low.iloc[0] > 0 or high.iloc[0] < 0)
+    run = runs.loc[changes.index[0]]   # the run the one change came from, not the label's first run
+    low, high = run[f"change_low:{item}"], run[f"change_high:{item}"]
+    if pd.isna(low) or pd.isna(high):
+        return False
+    return bool(low > 0 or high < 0)
 
 
 def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
@@ -490,7 +494,12 @@ def _difference_table(comparison: pd.DataFrame, columns: list[str], metrics: lis
 
 
 def _cells(runs: pd.DataFrame, x: str, y: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(g[x].to_numpy(float), g[y].to_numpy(float)) for _, g in runs.groupby(runs.knob_value.map(_knob_label))]
+    """Each knob value's (learning, forgetting) over its seeds, a seed counted once."""
+    cells = []
+    for _, cell in runs.groupby(runs.knob_value.map(_knob_label)):
+        cell = cell.drop_duplicates("seed") if "seed" in cell else cell
+        cells.append((cell[x].to_numpy(float), cell[y].to_numpy(float)))
+    return cells
 
 
 def _curve(cells, pick=None) -> tuple[np.ndarray, np.ndarray]:

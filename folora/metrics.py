@@ -47,14 +47,18 @@ def retention(base: float, final: float, higher_is_better: bool) -> float | None
     return base / final if final > 0 else None
 
 
-def item_changes(base: dict[str, dict], final: dict[str, dict], n_resamples: int = paired.RESAMPLES,
-                 confidence: float = paired.CONFIDENCE) -> dict[str, dict]:
+def item_changes(base: dict[str, dict], final: dict[str, dict], sources: dict[str, str] | None = None,
+                 n_resamples: int = paired.RESAMPLES, confidence: float = paired.CONFIDENCE) -> dict[str, dict]:
     """Per item with outcomes on both sides: the paired change `final − base` (raw units) and, for multiple choice,
-    the gold margin's change, as `paired.Interval`s."""
+    the gold margin's change, as `paired.Interval`s. `sources`: {item: the lm-eval task that scored it}
+    (`suite.item_sources`), so that items on different documents resample independently and items of one task
+    jointly (folora/evals/paired.py)."""
     out = {}
     for item in sorted(set(base) & set(final)):
-        out[item] = {"change": paired.score_change(base[item], final[item], n_resamples, confidence),
-                     "margin_change": paired.margin_change(base[item], final[item], n_resamples, confidence),
+        source = (sources or {}).get(item, "")
+        out[item] = {"change": paired.score_change(base[item], final[item], n_resamples, confidence, source=source),
+                     "margin_change": paired.margin_change(base[item], final[item], n_resamples, confidence,
+                                                           source=source),
                      "chance": base[item].get("chance", 0.0)}
     return out
 
@@ -69,6 +73,11 @@ def headline(scores: dict[str, dict], changes: dict[str, dict], item_roles: dict
         change = changes[item]["change"]
         return change if scores[item]["higher_is_better"] else _negate(change)
 
+    unpaired = sorted(i for i, r in item_roles.items() if r in ("target", "forgetting") and i not in changes)
+    if unpaired:   # a headline over fewer items than it names would read as the whole of it
+        raise FoloraError(f"Eval items {unpaired} are headline items (target or forgetting) without per-document "
+                          f"outcomes on both sides, so no paired change can be computed for them. Name items the "
+                          f"suite scores document by document (not aggregates) in task.eval.target / eval.forgetting.")
     by_role = {role: [i for i, r in item_roles.items() if r == role and i in changes] for role in ROLES}
     target = paired.mean_of([signed(i) for i in by_role["target"]], confidence=confidence) if by_role["target"] else None
     forgetting = None

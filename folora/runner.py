@@ -25,7 +25,7 @@ from folora import checkpoint, metrics, precision, report, reuse
 from folora.checkpoint import Checkpointer, Interrupted
 from folora.errors import FoloraError, require
 from folora.evals import kl, outcomes
-from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint, suite_items
+from folora.evals.suite import SuiteResult, evaluate_suite, item_sources, suite_fingerprint, suite_items
 from folora.evals.trajectory import Trajectory
 from folora.methods import Method, MethodContext
 from folora.models import cache_dir, load_model
@@ -303,18 +303,10 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
                                aggregates=[item for item, score in final.items() if "aggregate_of" in score],
                                forgetting=list(cfg.eval.get("forgetting") or []),
                                diagnostic=[item.name for item in suite_items(cfg.eval) if item.diagnostic])
-    changes = metrics.item_changes(outcome.base.outcomes, outcome.final.outcomes)
-    head = metrics.headline(base, changes, item_roles)
     method = outcome.method
     return {
-        "metrics": {item: item_record(base[item], final[item], changes.get(item), head["preservation"], item)
-                    for item in final},
-        "roles": item_roles,
-        "target_gain": _interval(head["target_gain"]),
-        "forgetting": _interval(head["forgetting"]) | {"items": [i for i, r in item_roles.items() if r == "forgetting"],
-                                                       "unit": "bits per byte"},
+        **scored_fields(base, final, outcome.base.outcomes, outcome.final.outcomes, item_roles, item_sources(cfg.eval)),
         "kl_to_base": outcome.kl,
-        "preservation": _preservation(head["preservation"]),
         "precision": outcome.precision,
         "train": {**outcome.summary.to_dict(), "trainable_params": outcome.trainable,
                   "validation_loss": outcome.validation_loss},
@@ -325,6 +317,24 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
                    **method.summary()},
         "adapter": str(outcome.adapter),
         "outcomes": "outcomes.json.gz",
+    }
+
+
+def scored_fields(base: dict, final: dict, base_outcomes: dict, final_outcomes: dict, item_roles: dict[str, str],
+                  sources: dict[str, str]) -> dict:
+    """The part of the record that the paired comparison decides, from the two sides' scores and per-document
+    outcomes alone: every item's paired change, the roles, `target_gain`, `forgetting` and `preservation`
+    (`analysis.rescore` recomputes exactly this for a record already written)."""
+    changes = metrics.item_changes(base_outcomes, final_outcomes, sources)
+    head = metrics.headline(base, changes, item_roles)
+    return {
+        "metrics": {item: item_record(base[item], final[item], changes.get(item), head["preservation"], item)
+                    for item in final},
+        "roles": item_roles,
+        "target_gain": _interval(head["target_gain"]),
+        "forgetting": _interval(head["forgetting"]) | {"items": [i for i, r in item_roles.items() if r == "forgetting"],
+                                                       "unit": "bits per byte"},
+        "preservation": _preservation(head["preservation"]),
     }
 
 

@@ -41,6 +41,8 @@ def test_results_json_is_complete(tiny_run):
 
 
 def test_every_headline_has_a_paired_interval_recomputable_from_the_outcomes(tiny_run):
+    from analysis.compare import recorded_sources
+    from analysis.rescore import rescore
     from folora import metrics
     from folora.evals import outcomes
 
@@ -54,8 +56,10 @@ def test_every_headline_has_a_paired_interval_recomputable_from_the_outcomes(tin
     for item, record in results["metrics"].items():
         assert outcomes.score(saved["final"][item]) == pytest.approx(record["final"]["value"]), item
         assert outcomes.score(saved["base"][item]) == pytest.approx(record["base"]["value"]), item
-    changes = metrics.item_changes(saved["base"], saved["final"])
+    changes = metrics.item_changes(saved["base"], saved["final"], recorded_sources(results))
     assert changes["prose_bpb"]["change"].to_dict() == results["metrics"]["prose_bpb"]["change"]
+    # the record's paired part is a function of its outcomes: recomputing it changes nothing
+    assert rescore([run_dir], why="", check=True)["unchanged"] == [str(run_dir / "results.json")]
     assert "margin_change" in results["metrics"]["capitals"]
     kept = results["preservation"]
     assert kept["items"] == sum(role == "preservation" for role in results["roles"].values())

@@ -100,6 +100,17 @@ def test_forgetting_is_seen_when_every_capability_item_improves():
     assert forgetting.value == pytest.approx(expected) and forgetting.low > 0 and forgetting.excludes_zero
 
 
+def test_a_headline_item_without_outcomes_stops_instead_of_shrinking_the_headline():
+    """Forgetting names prose and code bits per byte; with code's outcomes missing it would silently become the
+    prose change alone while the record still listed both items."""
+    base = {"prose_bpb": outcome([1.0, 2.0], den=[10.0, 10.0])}
+    final = {"prose_bpb": outcome([1.1, 2.2], den=[10.0, 10.0])}
+    item_roles = metrics.roles(["prose_bpb", "code_bpb"], [], [], forgetting=["prose_bpb", "code_bpb"])
+    scores = scores_of(base | {"code_bpb": base["prose_bpb"]}, {"prose_bpb": False, "code_bpb": False}, {})
+    with pytest.raises(FoloraError, match=r"\['code_bpb'\] are headline items"):
+        metrics.headline(scores, metrics.item_changes(base, final), item_roles)
+
+
 def test_a_low_base_item_cannot_dominate_the_preservation_aggregate():
     """3 -> 5 correct of 32 read as retention 1.67 once; normalized by the item's range it is +0.0625 and cannot
     outweigh a drop of 8 of 32 on a well-known item."""

@@ -126,3 +126,36 @@ def test_outcome_files_round_trip(tmp_path):
     data = {"base": {"capitals": outcomes.item_outcomes("acc,none", mc)}}
     outcomes.save(tmp_path / "outcomes.json.gz", data)
     assert outcomes.load(tmp_path / "outcomes.json.gz") == data
+
+
+def test_items_of_one_task_resample_jointly_and_items_of_different_tasks_independently():
+    """Two tasks that both number their 64 documents 0..63 (prose and code bits per byte) must not draw the same
+    resamples: a mean over them would carry the chance correlation of unrelated documents that share an index. Two
+    items of one task (math strict and flexible) are on the same documents and must draw the same ones."""
+    ids = list(range(64))
+    assert np.array_equal(paired.resample(ids, source="folora_math"), paired.resample(ids, source="folora_math"))
+    assert not np.array_equal(paired.resample(ids, source="folora_prose_bpb"),
+                              paired.resample(ids, source="folora_code_bpb"))
+    # per-index changes that run against each other: resampled together they cancel, independently they do not
+    x = np.random.default_rng(1).normal(size=64)
+    rows = {"doc_id": ids, "den": [1.0] * 64, "scale": 1.0}
+    parts = [paired.score_change(rows | {"num": [0.0] * 64}, rows | {"num": list(v)}, source=source)
+             for v, source in ((x, "folora_prose_bpb"), (-x, "folora_code_bpb"))]
+    width = paired.mean_of(parts).high - paired.mean_of(parts).low
+    independent = 2 * 1.96 * np.sqrt(np.var(x) / 64 / 2)   # the sd of the mean of two independent means, halved
+    assert width == pytest.approx(independent, rel=0.15)
+
+
+def test_outcomes_naming_one_document_twice_cannot_be_paired():
+    twice = {"doc_id": [0, 0, 1], "num": [1.0, 0.0, 1.0], "den": [1.0] * 3, "scale": 1.0}
+    with pytest.raises(ValueError, match="one document id twice"):
+        paired.score_change(twice, twice)
+
+
+def test_a_group_tasks_documents_get_ids_unique_across_its_subtasks():
+    from folora.evals.suite import GROUP_DOC_ID_STRIDE, group_samples
+
+    samples = group_samples({"mmlu_b": [{"doc_id": 0, "acc": 1.0}], "mmlu_a": [{"doc_id": 0, "acc": 0.0},
+                                                                              {"doc_id": 1, "acc": 1.0}]})
+    assert [s["doc_id"] for s in samples] == [0, 1, GROUP_DOC_ID_STRIDE]   # subtasks by name: mmlu_a, then mmlu_b
+    assert [s["acc"] for s in samples] == [0.0, 1.0, 1.0]

@@ -490,6 +490,25 @@ def test_methods_are_compared_at_their_defaults_paired_by_seed():
     assert method_comparison(frame, "lora", {"lora": 4e-3, "other": 1.0}, ["forgetting"]).empty
 
 
+def test_a_seed_counts_once_in_a_table_cell():
+    """Two completed runs of one seed (a copied run folder) are one observation, as in the paired comparisons: three
+    rows of seeds 0, 0, 1 give the mean and t interval of two values, not three."""
+    frame = pd.DataFrame({"task": "math", "method": "lora", "knob": "train.lr", "knob_value": 2e-3, "seed": [0, 0, 1],
+                          "status": "completed", "forgetting": [0.01, 0.01, 0.03]})
+    row = summarize(frame, ["task", "method", "knob_value"], ["forgetting"]).iloc[0]
+    assert row.runs == 2 and row.forgetting_mean == pytest.approx(0.02)
+    assert (row.forgetting_low, row.forgetting_high) == pytest.approx(
+        stats.t.interval(0.95, 1, loc=0.02, scale=stats.sem([0.01, 0.03])))
+
+
+def test_a_single_change_is_marked_by_the_run_it_came_from():
+    from analysis.render import _significant
+
+    runs = pd.DataFrame({"change:x": [np.nan, 0.3], "change_low:x": [-1.0, 0.1], "change_high:x": [1.0, 0.5]})
+    changes = pd.to_numeric(runs["change:x"]).dropna()
+    assert _significant(changes, runs, "x")
+
+
 def test_two_single_settings_are_not_matched_along_a_curve():
     """A grid of defaults has one point per method: at different gains nothing lies between them to interpolate, so
     the matched comparison says so instead of reporting two points that happen not to overlap."""

@@ -5,9 +5,11 @@ the base and final outcomes of a drawn document move together (the pairing), so 
 documents — which an unpaired comparison of two means counts twice — cancels. Ratio scores (bits per byte,
 instruction-level accuracy) are recomputed as ratios of sums on each resample, as lm-eval computes them.
 
-Resamples are seeded by the documents themselves (`resample`): items scored on the same documents (math strict and
-flexible, the four instruction metrics) draw the same resamples, so a mean over them is resampled jointly, and
-items on different documents draw independent ones. The same outcomes therefore always give the same interval.
+Resamples are seeded by the documents themselves (`resample`): their source (the lm-eval task that scored them)
+and their ids. Items scored on the same documents (math strict and flexible, the four instruction metrics: one task
+each) draw the same resamples, so a mean over them is resampled jointly, and items on different documents draw
+independent ones, even where both tasks number their documents 0..n−1 (prose and code bits per byte, 64 each). The
+same outcomes therefore always give the same interval.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ class Interval:
                 round(float(self.high), digits)], "significant": bool(self.excludes_zero)}
 
 
-def resample(doc_ids, n_resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
-    """(n_resamples, n) row indices drawn with replacement, seeded by `seed` and the document ids."""
+def resample(doc_ids, n_resamples: int = RESAMPLES, seed: int = 0, source: str = "") -> np.ndarray:
+    """(n_resamples, n) row indices drawn with replacement, seeded by `seed`, the documents' `source` (the lm-eval
+    task that scored them) and their ids."""
     ids = np.asarray(doc_ids, dtype=np.int64)
-    rng = np.random.default_rng([seed, zlib.crc32(ids.tobytes()), len(ids)])
+    rng = np.random.default_rng([seed, zlib.crc32(source.encode()), zlib.crc32(ids.tobytes()), len(ids)])
     return rng.integers(0, len(ids), size=(n_resamples, len(ids)))
 
 
@@ -63,6 +66,11 @@ def bootstrap_mean(values, n_resamples: int = RESAMPLES, confidence: float = CON
 
 def aligned(base: dict, final: dict) -> tuple[dict, dict]:
     """The two outcomes restricted to the documents both scored, in the same order (normally all of them)."""
+    for outcome in (base, final):
+        if len(set(outcome["doc_id"])) != len(outcome["doc_id"]):
+            raise ValueError("an item's outcomes name one document id twice (a group task's subtasks, each numbering "
+                             "its documents from 0, scored before folora made their ids unique?): documents cannot "
+                             "be paired by id. Clear the cached base scores (make clean-cache) and run again.")
     if base["doc_id"] == final["doc_id"]:
         return base, final
     common = sorted(set(base["doc_id"]) & set(final["doc_id"]))
@@ -79,10 +87,11 @@ def _subset(outcome: dict, doc_ids: list[int]) -> dict:
 
 
 def score_change(base: dict, final: dict, n_resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                 seed: int = 0) -> Interval:
-    """score(final) − score(base) on the same documents, each score `scale · Σnum / Σden` on every resample."""
+                 seed: int = 0, source: str = "") -> Interval:
+    """score(final) − score(base) on the same documents, each score `scale · Σnum / Σden` on every resample;
+    `source`: the lm-eval task that scored the documents (`resample`)."""
     base, final = aligned(base, final)
-    index = resample(base["doc_id"], n_resamples, seed)
+    index = resample(base["doc_id"], n_resamples, seed, source)
     value = outcome_files.score(final) - outcome_files.score(base)
     return percentile_interval(value, _ratio(final, index) - _ratio(base, index), confidence)
 
@@ -93,14 +102,14 @@ def _ratio(outcome: dict, index: np.ndarray) -> np.ndarray:
 
 
 def margin_change(base: dict, final: dict, n_resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                  seed: int = 0) -> Interval | None:
+                  seed: int = 0, source: str = "") -> Interval | None:
     """Mean change of the gold answer's log-likelihood margin over the best wrong choice (nats), multiple choice only."""
     base, final = aligned(base, final)
     before, after = outcome_files.margins(base), outcome_files.margins(final)
     if before is None or after is None:
         return None
     delta = np.asarray(after) - np.asarray(before)
-    index = resample(base["doc_id"], n_resamples, seed)
+    index = resample(base["doc_id"], n_resamples, seed, source)
     return percentile_interval(delta.mean(), delta[index].mean(axis=1), confidence)
 
 

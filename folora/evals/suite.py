@@ -57,6 +57,11 @@ def suite_items(cfg: DictConfig) -> list[EvalItem]:
     return items
 
 
+def item_sources(cfg: DictConfig) -> dict[str, str]:
+    """{item: the lm-eval task that scores it}: items of one task are scored on the same documents (paired.py)."""
+    return {item.name: item.task for item in suite_items(cfg)}
+
+
 def _min_limit(item_limit, global_limit):
     limits = [int(x) for x in (item_limit, global_limit) if x is not None]
     return min(limits) if limits else None
@@ -124,8 +129,7 @@ def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
                                  numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
                                  confirm_run_unsafe_code=any(item.unsafe_code for item in group))
         results = output["results"][task]
-        # a group task (mmlu) reports under its own name but keeps samples per subtask
-        samples = output["samples"].get(task) or [s for subtask in output["samples"].values() for s in subtask]
+        samples = output["samples"].get(task) or group_samples(output["samples"])
         for item in group:
             scores[item.name] = _score(item, results, samples)
             outcomes[item.name] = item_outcomes(item.metric, samples)
@@ -154,6 +158,17 @@ def _group(items: list[EvalItem]) -> dict[tuple, list[EvalItem]]:
     for item in items:
         groups.setdefault((item.task, item.chat, item.limit), []).append(item)
     return groups
+
+
+# A group task's subtasks each number their documents from 0; the k-th subtask (by name) gets ids k * this + id.
+GROUP_DOC_ID_STRIDE = 1_000_000
+
+
+def group_samples(by_subtask: dict[str, list[dict]]) -> list[dict]:
+    """The samples of a group task (mmlu reports under its own name but logs samples per subtask), with document ids
+    made unique across its subtasks, so that base and final outcomes pair document by document (paired.py)."""
+    return [sample | {"doc_id": k * GROUP_DOC_ID_STRIDE + int(sample["doc_id"])}
+            for k, name in enumerate(sorted(by_subtask)) for sample in by_subtask[name]]
 
 
 def _score(item: EvalItem, results: dict, samples: list[dict]) -> dict:
