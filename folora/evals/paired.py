@@ -47,7 +47,8 @@ def resample(doc_ids, n_resamples: int = RESAMPLES, seed: int = 0, source: str =
     """(n_resamples, n) row indices drawn with replacement, seeded by `seed`, the documents' `source` (the lm-eval
     task that scored them) and their ids."""
     ids = np.asarray(doc_ids, dtype=np.int64)
-    rng = np.random.default_rng([seed, zlib.crc32(source.encode()), zlib.crc32(ids.tobytes()), len(ids)])
+    key = [seed, zlib.crc32(ids.tobytes()), len(ids)]   # units without a source (KL's prompts) as they always were
+    rng = np.random.default_rng(key if not source else [seed, zlib.crc32(source.encode()), *key[1:]])
     return rng.integers(0, len(ids), size=(n_resamples, len(ids)))
 
 
