@@ -2,11 +2,12 @@
 
 A record's paired changes and headlines (`target_gain`, `forgetting`, `preservation`, every item's `change`) are a
 function of the base and final per-document outcomes it keeps in `outcomes.json.gz`, the items' roles and the
-bootstrap's seeding (folora/evals/paired.py). When that function changes, the runs already in a table would
+bootstrap's seeding (folora/evals/paired.py); the interval of `kl_to_base` is a bootstrap over the per-prompt values
+the record keeps. When that function changes, the runs already in a table would
 otherwise keep the old intervals beside new runs with the new ones. This recomputes them with the code of the
 checkout (`folora.runner.scored_fields`, the function a run itself uses), rewrites each `results.json` atomically,
 and records what it did under `rescored` (when, the checkout's git SHA, why); the scores themselves, the training
-record and the KL are not touched. Running it twice with the same code changes nothing.
+record and the KL's value are not touched. Running it twice with the same code changes nothing.
 
     python -m analysis.rescore results/knobs/runs results/main/runs --why "resamples seeded by task"
     python -m analysis.rescore results --check      # which records would change; exits 1 if any
@@ -22,11 +23,13 @@ from pathlib import Path
 
 from analysis.compare import recorded_sources
 from folora.evals import outcomes as outcome_files
+from folora.evals import paired
 from folora.results import git_state, write_json_atomic
 from folora.runner import scored_fields
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRED_KEYS = ("metrics", "roles", "target_gain", "forgetting", "preservation")
+KL_ROUNDING = 1e-5
+PAIRED_KEYS = ("metrics", "roles", "target_gain", "forgetting", "preservation", "kl_to_base")
 
 
 def rescored(record: dict, run: Path) -> dict:
@@ -37,7 +40,13 @@ def rescored(record: dict, run: Path) -> dict:
     fields = scored_fields(base, final, saved["base"], saved["final"], record["roles"], recorded_sources(record))
     for item, entry in fields["metrics"].items():   # keep what a record holds beyond the paired fields
         entry.update({k: v for k, v in record["metrics"][item].items() if k not in entry})
-    return record | {key: fields[key] for key in PAIRED_KEYS}
+    kl = record.get("kl_to_base")
+    if isinstance(kl, dict) and kl.get("per_prompt") and kl.get("ci"):   # a bootstrap over the recorded prompts
+        ci = paired.bootstrap_mean(kl["per_prompt"]).to_dict()["ci"]
+        # the record rounds per-prompt values to 6 digits, which can move a recomputed bound in its last digit
+        if max(abs(a - b) for a, b in zip(ci, kl["ci"], strict=True)) > KL_ROUNDING:
+            fields["kl_to_base"] = kl | {"ci": ci}
+    return record | {key: fields[key] for key in PAIRED_KEYS if key in fields}
 
 
 def rescore(folders: list[Path], why: str, check: bool = False) -> dict[str, list[str]]:

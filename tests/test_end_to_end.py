@@ -134,3 +134,26 @@ def test_wandb_logger_writes_an_offline_run(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+
+
+def test_rescore_restores_a_records_paired_part_from_its_outcomes_and_says_so(tiny_run, tmp_path):
+    """A record whose paired numbers no longer match its outcomes (computed by an older bootstrap) is rewritten with
+    the numbers the run itself would write now, its scores untouched, and the rewrite recorded."""
+    import json
+    import shutil
+
+    from analysis.rescore import rescore
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("wandb", "adapter"))
+    original = read_results(run)
+    stale = json.loads(json.dumps(original))
+    stale["forgetting"]["ci"] = [-1.0, 1.0]
+    stale["kl_to_base"]["ci"] = [0.0, 9.0]
+    (run / "results.json").write_text(json.dumps(stale))
+    assert rescore([run], why="test", check=True)["changed"] == [str(run / "results.json")]
+    rescore([run], why="a newer bootstrap")
+    fixed = read_results(run)
+    assert fixed["forgetting"] == original["forgetting"] and fixed["kl_to_base"] == original["kl_to_base"]
+    assert fixed["metrics"] == original["metrics"] and fixed["rescored"][0]["why"] == "a newer bootstrap"
+    assert rescore([run], why="again", check=True)["unchanged"] == [str(run / "results.json")]
