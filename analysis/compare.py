@@ -14,7 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from folora.evals import outcomes
+from folora.evals.suite import item_sources
 from folora.metrics import item_changes
 
 HEADLINES = ("target_gain", "forgetting", "kl_to_base", "preservation")
@@ -34,9 +37,9 @@ def compare(run_a: Path, run_b: Path) -> dict:
 
 
 def recorded_sources(record: dict) -> dict[str, str]:
-    """{item: lm-eval task} from a run's recorded eval suite (`suite.item_sources`); empty for a record without it."""
-    items = (record.get("config") or {}).get("eval", {}).get("items") or {}
-    return {name: spec["task"] for name, spec in items.items() if isinstance(spec, dict) and "task" in spec}
+    """{item: lm-eval task} of a run's recorded eval suite (`suite.item_sources`); empty for a record without one."""
+    suite = (record.get("config") or {}).get("eval") or {}
+    return item_sources(OmegaConf.create(suite)) if suite.get("items") else {}
 
 
 def _interval(interval) -> str:

@@ -628,19 +628,16 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, de
         if not matched.empty:
             matched.to_csv(out / "matched.csv", index=False)
             written["matched"] = matched
-    if reference and defaults and not frame.empty:
-        compared = [m for m in dict.fromkeys([*metrics, "val_loss_decrease"]) if m in frame]
-        paired = method_comparison(frame, reference, defaults, compared)
-        if not paired.empty:
-            paired.to_csv(out / "paired.csv", index=False)
-            written["paired"] = (paired, compared)
-    focus = render.get("focus")
-    if focus and defaults and not frame.empty:
-        compared = [m for m in dict.fromkeys([*metrics, "val_loss_decrease"]) if m in frame]
-        against = focus_comparison(frame, focus, defaults, compared)
-        if not against.empty:
-            against.to_csv(out / "focus.csv", index=False)
-            written["focus"] = (against, compared)
+    # at the defaults, paired by seed: every method against the reference (paired.csv), and the focus method against
+    # every other one (focus.csv)
+    compared = [m for m in dict.fromkeys([*metrics, "val_loss_decrease"]) if m in frame]
+    for kind, method, comparison in (("paired", reference, method_comparison),
+                                     ("focus", render.get("focus"), focus_comparison)):
+        if method and defaults and not frame.empty:
+            table = comparison(frame, method, defaults, compared)
+            if not table.empty:
+                table.to_csv(out / f"{kind}.csv", index=False)
+                written[kind] = (table, compared)
     reference_variant = render.get("reference_variant")
     if reference_variant and not frame.empty:
         comparison = variant_comparison(frame, reference_variant, metrics)
