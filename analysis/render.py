@@ -7,12 +7,15 @@ Intervals: a cell with several completed seeds gets an interval for the mean ove
 noise: the seed-to-seed variation (training data order, initialization, proxy samples) and the choice of eval
 documents, which every seed shares (all seeds are scored on the same documents, so averaging seeds does not shrink
 it; `combined_interval`). A cell with one seed shows that run's own paired interval over documents, marked `†`.
-The seeds-only t interval is kept in table.csv (`<metric>_low_seeds`, `<metric>_high_seeds`). Reads only the
-DataFrame built by `analysis.collect` (i.e. results.json files), never model code.
+The seeds-only t interval is kept in table.csv (`<metric>_low_seeds`, `<metric>_high_seeds`). Comparisons between
+two methods or variants pair each seed's two runs on the same documents, from the runs' `outcomes.json.gz`
+(`analysis.compare.headline_difference`). Reads the DataFrame built by `analysis.collect` (i.e. results.json files)
+and those outcomes, never model code.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -430,10 +433,10 @@ def _at_default(part: pd.DataFrame, method: str, defaults: dict) -> pd.DataFrame
 
 def _paired_by_seed(mine: pd.DataFrame, ref: pd.DataFrame, metrics: list[str]) -> dict:
     """Per metric, the mean over common seeds of `mine − ref` and its 95% interval counting the eval documents' noise
-    as the tables do (`combined_interval`: never narrower than the seeds' t interval). Both runs of a seed are scored on the same
-    documents; the document part of their difference is taken as if the two runs' own paired intervals were
-    independent (√(h₁² + h₂²) per seed), an upper bound, since runs scored on the same documents co-vary. A metric
-    without per-run intervals (the validation loss) gets the seeds' t interval alone."""
+    as the tables do (`combined_interval`: never narrower than the seeds' t interval). Both runs of a seed are scored
+    on the same documents, so the document part of their difference is that difference's own interval, paired on
+    the documents (`_difference_halfwidths`). A metric without per-run intervals (the validation loss) gets the
+    seeds' t interval alone."""
     seeds = sorted(set(ref.index) & set(mine.index))
     row = {"seeds": ",".join(str(s) for s in seeds)}
     for metric in metrics:
@@ -441,12 +444,47 @@ def _paired_by_seed(mine: pd.DataFrame, ref: pd.DataFrame, metrics: list[str]) -
             continue
         differences = (pd.to_numeric(mine.loc[seeds, metric], errors="coerce")
                        - pd.to_numeric(ref.loc[seeds, metric], errors="coerce")).dropna()
-        halfwidths = np.sqrt(_document_halfwidths(metric, mine.loc[differences.index]) ** 2
-                             + _document_halfwidths(metric, ref.loc[differences.index]) ** 2).dropna()
+        halfwidths = _difference_halfwidths(metric, mine.loc[differences.index], ref.loc[differences.index])
         low, high = (combined_interval(differences, halfwidths) if len(differences) > 1 else (math.nan, math.nan))
         row |= {f"{metric}_difference": differences.mean() if len(differences) else math.nan,
                 f"{metric}_low": low, f"{metric}_high": high}
     return row
+
+
+def _difference_halfwidths(metric: str, mine: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
+    """Per seed, the half width of the 95% interval over documents of the two runs' difference: from their
+    per-document outcomes, resampled together (`analysis.compare.headline_difference`), where both run folders have
+    them. Rows without them (read from W&B) fall back to the two runs' own intervals taken as independent,
+    √(h₁² + h₂²): an approximation, since runs scored on the same documents co-vary."""
+    independent = np.sqrt(_document_halfwidths(metric, mine) ** 2 + _document_halfwidths(metric, ref) ** 2).dropna()
+    if metric not in PAIRED_HEADLINES or "run" not in mine or "run" not in ref:
+        return independent
+    halfwidths = {}
+    for seed in mine.index:
+        interval = _paired_headlines(str(ref.at[seed, "run"]), str(mine.at[seed, "run"])).get(metric)
+        if interval is not None:
+            halfwidths[seed] = (interval.high - interval.low) / 2
+        elif seed in independent.index:
+            halfwidths[seed] = independent[seed]
+    return pd.Series(halfwidths, dtype=float)
+
+
+PAIRED_HEADLINES = ("target_gain", "forgetting", "kl_to_base", "preservation")
+
+
+@functools.cache
+def _paired_headlines(run_ref: str, run_mine: str) -> dict:
+    """`mine − ref` of every headline paired on documents, for two run folders with outcomes; {} otherwise."""
+    # imported here: analysis.compare loads the eval suite's definitions (and torch), which only this part needs
+    from analysis.compare import UnpairedRuns, headline_difference
+
+    folders = (Path(run_ref), Path(run_mine))
+    if not all((folder / "outcomes.json.gz").is_file() and (folder / "results.json").is_file() for folder in folders):
+        return {}
+    try:
+        return headline_difference(*folders)
+    except UnpairedRuns:
+        return {}
 
 
 def _variant_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
@@ -474,9 +512,8 @@ def _focus_lines(comparison: pd.DataFrame, metrics: list[str]) -> list[str]:
     return lines + _difference_table(comparison, ["task", "reference", "reference_knob_value", "seeds"], metrics)
 
 
-PAIRED_NOTE = ("the interval adds the eval documents' noise, counting the two runs' own intervals as independent (an "
-               "upper bound: `python -m analysis.compare RUN_A RUN_B` gives two runs' exact paired interval over "
-               "documents); `*`: the interval excludes zero")
+PAIRED_NOTE = ("the interval adds the eval documents' noise of each seed's difference, paired on the same documents "
+               "(`python -m analysis.compare RUN_A RUN_B` gives it for any two runs); `*`: the interval excludes zero")
 
 
 def _difference_table(comparison: pd.DataFrame, columns: list[str], metrics: list[str]) -> list[str]:
