@@ -454,7 +454,8 @@ def _paired_by_seed(mine: pd.DataFrame, ref: pd.DataFrame, metrics: list[str]) -
 def _difference_halfwidths(metric: str, mine: pd.DataFrame, ref: pd.DataFrame) -> pd.Series:
     """Per seed, the half width of the 95% interval over documents of the two runs' difference: from their
     per-document outcomes, resampled together (`analysis.compare.headline_difference`), where both run folders have
-    them. Rows without them (read from W&B) fall back to the two runs' own intervals taken as independent,
+    them. Otherwise (rows read from W&B; two runs whose changes start from different base scores, e.g. another
+    eval precision, or whose items have different roles) the two runs' own intervals are taken as independent,
     √(h₁² + h₂²): an approximation, since runs scored on the same documents co-vary."""
     independent = np.sqrt(_document_halfwidths(metric, mine) ** 2 + _document_halfwidths(metric, ref) ** 2).dropna()
     if metric not in PAIRED_HEADLINES or "run" not in mine or "run" not in ref:
