@@ -9,7 +9,7 @@ override set, e.g. an ablation; None elsewhere), `lr` (the learning rate the run
 training minus after: learning, measured on held-out task text); train tokens/s, wall seconds; for every eval item
 `base:<item>`, `final:<item>`, `change:<item>` with `change_low:` / `change_high:`, `margin_change:<item>`
 (multiple choice), `role:<item>` and `hib:<item>` (higher is better); and `trajectory`, the run's
-learning–forgetting points (a list, not written to CSV).
+learning–forgetting points, with `base_point`, the same measures on the base model (not written to CSV).
 Records of schema 1 (before paired changes) give their values without intervals.
 """
 
@@ -51,11 +51,14 @@ def _entry(value) -> tuple[float | None, float | None, float | None]:
 
 
 def val_loss_decrease(train: dict) -> float | None:
-    """How much the run learned, measured on the target task's held-out validation text: the validation loss
-    before training (the trajectory's step 0) minus after (nats/token). Finer than the target gain's few dozen
-    scored problems; None where the run recorded no step-0 point."""
-    trajectory = train.get("trajectory") or []
-    start = next((p.get("val_loss") for p in trajectory if p.get("step") == 0), None)
+    """How much the run learned, measured on the target task's held-out validation text: the base model's
+    validation loss minus the tuned model's (nats/token), as forgetting is measured from the base model. Finer than
+    the target gain's few dozen scored problems. The base model's loss is `train.base_point`; a record from before
+    that field gives the trajectory's step 0 instead (the same number for a method whose `prepare` leaves the
+    model's outputs unchanged, as LoRA's B = 0 does). None where the run recorded neither."""
+    start = (train.get("base_point") or {}).get("val_loss")
+    if start is None:
+        start = next((p.get("val_loss") for p in train.get("trajectory") or [] if p.get("step") == 0), None)
     end = train.get("validation_loss")
     return start - end if start is not None and end is not None else None
 
@@ -80,7 +83,8 @@ def record_row(data: dict, run: str) -> dict:
     out |= {"train_tokens_per_s": (data.get("timing") or {}).get("train_tokens_per_s"),
             "wall_s": (data.get("timing") or {}).get("wall_s"),
             "val_loss_decrease": val_loss_decrease(data.get("train") or {}),
-            "trajectory": ((data.get("train") or {}).get("trajectory")) or None}
+            "trajectory": ((data.get("train") or {}).get("trajectory")) or None,
+            "base_point": ((data.get("train") or {}).get("base_point")) or None}
     for item, score in (data.get("metrics") or {}).items():
         out[f"base:{item}"] = score["base"]["value"]
         out[f"final:{item}"] = score["final"]["value"]

@@ -293,7 +293,8 @@ def _significant(changes: pd.Series, runs: pd.DataFrame, item: str) -> bool:
 
 def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
     """Learning–forgetting trajectories: for every run, the decrease of the target validation loss (learning, x)
-    against KL to the base and against the bits-per-byte increase on held-out text (forgetting, y), step by step;
+    against KL to the base and against the bits-per-byte increase on held-out text (forgetting, y), step by step,
+    both measured from the base model (`_trajectory_origin`);
     each curve's end is labelled with the run's knob value."""
     done = frame[(frame.status == "completed") & frame.get("trajectory", pd.Series(dtype=object)).notna()]
     if done.empty:
@@ -308,16 +309,17 @@ def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
             points = [p for p in run.trajectory if p.get("val_loss") is not None]
             if len(points) < 2:
                 continue
-            learned = [points[0]["val_loss"] - p["val_loss"] for p in points]
+            origin = _trajectory_origin(run, points[0])
+            learned = [origin["val_loss"] - p["val_loss"] for p in points]
             label = None if run.series in seen else run.series
             seen.add(run.series)
             colour = colours[run.series]
             ax_kl.plot(learned, [p["kl_to_base"] for p in points], "o-", color=colour, markersize=3,
                        linewidth=1, alpha=0.8, label=label)
-            if all(p.get("bpb") is not None for p in points):
-                ax_bpb.plot(learned, [p["bpb"] - points[0]["bpb"] for p in points], "o-", color=colour,
+            if origin.get("bpb") is not None and all(p.get("bpb") is not None for p in points):
+                ax_bpb.plot(learned, [p["bpb"] - origin["bpb"] for p in points], "o-", color=colour,
                             markersize=3, linewidth=1, alpha=0.8, label=label)
-                ax_bpb.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["bpb"] - points[0]["bpb"]),
+                ax_bpb.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["bpb"] - origin["bpb"]),
                                 textcoords="offset points", xytext=(4, 0), fontsize=7, color=colour)
             ax_kl.annotate(_knob_label(run.knob_value), (learned[-1], points[-1]["kl_to_base"]), textcoords="offset points",
                            xytext=(4, 0), fontsize=7, color=colour)
@@ -330,6 +332,13 @@ def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
             ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
             ax.legend(fontsize=8, loc="best")
     return _save(fig, out / "trajectories")
+
+
+def _trajectory_origin(run: pd.Series, step_zero: dict) -> dict:
+    """Where a run's curve is measured from: the base model's point (`base_point`), or, in a record from before it,
+    step 0 (`analysis.collect.val_loss_decrease`)."""
+    base = run.get("base_point")
+    return base if isinstance(base, dict) and base.get("val_loss") is not None else step_zero
 
 
 # Learning, two ways: the target gain (the target eval items' paired change: what the tables headline, on a few
@@ -648,7 +657,7 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, de
     shown = display_table(summary, group_by, metrics)
     written: dict = {"summary": summary, **write_tables(summary, shown, out)}
     if not frame.empty:
-        frame.drop(columns=["trajectory"], errors="ignore").to_csv(out / "runs.csv", index=False)
+        frame.drop(columns=["trajectory", "base_point"], errors="ignore").to_csv(out / "runs.csv", index=False)
         written["runs"] = out / "runs.csv"
     title = f"{spec.name} ({spec.grid.model})"
     plots = list(render.get("plots", []))

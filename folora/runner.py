@@ -172,6 +172,7 @@ class Outcome:
     final: SuiteResult
     kl: dict
     validation_loss: float | None
+    base_point: dict          # the trajectory's measures on the base model, before `prepare`
     summary: TrainSummary
     trainable: int
     phases: Phases
@@ -202,14 +203,13 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     with phases("load task data"):
         task = load_task_data(cfg, loaded, model, device, eval_precision)
     record.update(data=provenance(cfg, loaded, task))
-    prompt_records = kl.load_prompts(cfg.eval.kl.get("prompts"))
-    kl_prompts = kl.encode_prompts(tokenizer, prompt_records, int(cfg.eval.kl.max_tokens))
 
     with phases("base eval"):
         base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint, eval_precision)
         print(f"[folora] base scores {'from cache' if cached else 'computed and cached'}", flush=True)
     with phases("base reference for kl"):
-        reference = kl.next_token_logprobs(model, kl_prompts, device, eval_precision)
+        trajectory = base_trajectory(cfg, model, tokenizer, task, device, eval_precision)
+        base_point = trajectory.base_point(model)   # before `prepare`: learning is measured from the base model
     with phases("prepare method"):
         context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
                                 cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,
@@ -217,17 +217,14 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         model = method.prepare(model, context).to(device)
         if calibration is None:
             checkpoints.save_calibration(method.calibration_state())
-    trajectory = Trajectory(every=int(cfg.eval.get("every", 0)), prompts=kl_prompts, reference=reference,
-                            plain_text=[not p.get("chat", False) for p in prompt_records],
-                            tokenizer=tokenizer, val_examples=task.validation[: int(cfg.train.val_examples)],
-                            pad_id=tokenizer.pad_token_id, device=device, precision=eval_precision)
     with phases("train"):
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
     with phases("final eval"):
         final = evaluate_suite(model, tokenizer, cfg.eval, eval_precision)
-        kl_score = kl.kl_to_reference(reference, kl.next_token_logprobs(model, kl_prompts, device, eval_precision))
+        kl_score = kl.kl_to_reference(trajectory.reference,
+                                      kl.next_token_logprobs(model, trajectory.prompts, device, eval_precision))
         val_examples = task.validation[: int(cfg.train.val_examples)]
         val_loss = validation_loss(model, val_examples, pad_id=tokenizer.pad_token_id, device=device,
                                    precision_used=eval_precision) if val_examples else None
@@ -237,9 +234,23 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     logger.log(eval_metrics({item: score["value"] for item, score in final.scores.items()}, kl_score["value"]),
                summary.steps)
     return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
+                   base_point=base_point,
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                    phases=phases, adapter=run_dir / "adapter")
+
+
+def base_trajectory(cfg: DictConfig, model: torch.nn.Module, tokenizer, task, device: torch.device,
+                    eval_precision: str) -> Trajectory:
+    """The held-out measures of learning and departure (folora/evals/trajectory.py), referenced to `model` as it is
+    now, the base model: its next-token log-probabilities on the KL prompts are what every KL is measured against."""
+    prompt_records = kl.load_prompts(cfg.eval.kl.get("prompts"))
+    prompts = kl.encode_prompts(tokenizer, prompt_records, int(cfg.eval.kl.max_tokens))
+    return Trajectory(every=int(cfg.eval.get("every", 0)), prompts=prompts,
+                      reference=kl.next_token_logprobs(model, prompts, device, eval_precision),
+                      plain_text=[not p.get("chat", False) for p in prompt_records], tokenizer=tokenizer,
+                      val_examples=task.validation[: int(cfg.train.val_examples)], pad_id=tokenizer.pad_token_id,
+                      device=device, precision=eval_precision)
 
 
 def load_task_data(cfg: DictConfig, loaded, model: torch.nn.Module, device: torch.device, eval_precision: str):
@@ -309,7 +320,7 @@ def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:
         "kl_to_base": outcome.kl,
         "precision": outcome.precision,
         "train": {**outcome.summary.to_dict(), "trainable_params": outcome.trainable,
-                  "validation_loss": outcome.validation_loss},
+                  "validation_loss": outcome.validation_loss, "base_point": outcome.base_point},
         "timing": {"phases_s": seconds, "train_tokens_per_s": round(outcome.summary.tokens_per_s, 2),
                    "calibration_s": round(sum(s for p, s in seconds.items() if p.startswith("calibration/")), 3),
                    "base_eval_cached": outcome.base_cached, "wall_s": round(wall_s, 3)},

@@ -47,3 +47,7 @@ def test_learning_on_validation_text_is_the_loss_before_training_minus_after():
     assert val_loss_decrease(train) == pytest.approx(0.75)
     assert val_loss_decrease({"trajectory": [{"step": 10, "val_loss": 0.4}], "validation_loss": 0.25}) is None
     assert val_loss_decrease({}) is None
+    # measured from the base model where the record has its point: an initialization that moved the model (step 0
+    # at 1.004 against the base's 0.999) is not counted as learning or unlearning
+    moved = {"base_point": {"val_loss": 0.999}, "trajectory": [{"step": 0, "val_loss": 1.004}], "validation_loss": 0.25}
+    assert val_loss_decrease(moved) == pytest.approx(0.749)

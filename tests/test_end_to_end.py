@@ -67,10 +67,37 @@ def test_every_headline_has_a_paired_interval_recomputable_from_the_outcomes(tin
 
 
 def test_the_trajectory_starts_at_the_base_model(tiny_run):
-    trajectory = read_results(tiny_run[0])["train"]["trajectory"]
+    train = read_results(tiny_run[0])["train"]
+    trajectory, base = train["trajectory"], train["base_point"]
     assert [p["step"] for p in trajectory] == [0, 2, 3]
     assert trajectory[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)   # FoLoRA's init leaves the function unchanged
     assert all({"val_loss", "kl_to_base", "bpb"} <= set(p) for p in trajectory)
+    # the base model's point, measured before `prepare`: the same numbers as step 0 for an adapter starting at zero
+    assert base["kl_to_base"] == 0.0
+    assert (base["val_loss"], base["bpb"]) == (trajectory[0]["val_loss"], trajectory[0]["bpb"])
+
+
+def test_a_record_without_the_base_point_gets_the_one_its_run_measured(tiny_run, tmp_path):
+    """`python -m folora.base_point` measures the base point of a record written before it existed, as the run
+    does: deleted from a record and backfilled, it comes back equal, and the backfill is recorded."""
+    import json
+    import shutil
+
+    from folora.base_point import main
+
+    run = tmp_path / "runs" / "old"
+    shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("wandb", "adapter", "checkpoint"))
+    original = read_results(run)
+    old = json.loads(json.dumps(original))
+    del old["train"]["base_point"]
+    (run / "results.json").write_text(json.dumps(old))
+    assert main([str(tmp_path / "runs"), "--check"]) == 1
+    assert main([str(tmp_path / "runs"), "--why", "learning from the base model"]) == 0
+    restored = read_results(run)
+    assert restored["train"]["base_point"] == original["train"]["base_point"]
+    assert restored["backfilled"][0]["fields"] == ["train.base_point"]
+    assert restored["metrics"] == original["metrics"] and restored["train"]["trajectory"] == original["train"]["trajectory"]
+    assert main([str(tmp_path / "runs"), "--check"]) == 0
 
 
 def test_the_default_method_is_folora_with_calibration_timed_and_forgetting_watched(tiny_run):

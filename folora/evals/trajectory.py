@@ -9,6 +9,11 @@ At each point (step 0 — after the method's `prepare`, before any update — ev
 
 KL and bits per byte come from one forward pass per prompt. One run thus gives a curve (learning on one axis,
 departure from the pretrained model on the other), not a point.
+
+The curve is read from the base model (`base_point`: the same measures on the pretrained model, before the
+method's `prepare`), not from step 0: a method whose initialization moves the model (the SVD slice writes a residual
+weight and an adapter whose sum equals the base weight only up to rounding) starts a little away from it, and that
+offset is not learning.
 """
 
 from __future__ import annotations
@@ -39,17 +44,26 @@ class Trajectory:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
+        """The measures at training step `step` of the model being trained."""
+        return {"step": step, **self._measures(model, kl.next_token_logprobs(model, self.prompts, self.device,
+                                                                              self.precision))}
+
+    @torch.no_grad()
+    def base_point(self, model: torch.nn.Module) -> dict:
+        """The same measures on the base model (`model` before the method's `prepare`; its next-token
+        log-probabilities are `reference`, so KL is zero): where learning and forgetting are measured from."""
+        return self._measures(model, self.reference)
+
+    def _measures(self, model: torch.nn.Module, logprobs: list[torch.Tensor]) -> dict:
         was_training = model.training
         model.eval()
-        logprobs = kl.next_token_logprobs(model, self.prompts, self.device, self.precision)
         per_prompt = kl.kl_per_prompt(self.reference, logprobs)
         nll, nbytes = 0.0, 0
         for ids, current, scored in zip(self.prompts, logprobs, self.plain_text, strict=True):
             if scored and len(ids) > 1:
                 nll -= float(current[:-1].gather(1, ids[1:, None]).sum())
                 nbytes += len(self.tokenizer.decode(ids[1:]).encode("utf-8"))
-        point = {"step": step, "kl_to_base": sum(per_prompt) / len(per_prompt),
-                 "bpb": nll / nbytes / math.log(2) if nbytes else None}
+        point = {"kl_to_base": sum(per_prompt) / len(per_prompt), "bpb": nll / nbytes / math.log(2) if nbytes else None}
         if self.val_examples:
             point["val_loss"] = validation_loss(model, self.val_examples, pad_id=self.pad_id, device=self.device,
                                                 precision_used=self.precision)
