@@ -243,7 +243,7 @@ def change_heatmap(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:
         values = np.full((len(labels), len(items)), np.nan)
         marks = np.zeros_like(values, dtype=bool)
         for i, label in enumerate(labels):
-            runs = part[part.label == label]
+            runs = part[part.label == label].drop_duplicates("seed")   # a seed counts once, as in the tables
             for j, item in enumerate(items):
                 changes = pd.to_numeric(runs[f"change:{item}"], errors="coerce").dropna()
                 if changes.empty:

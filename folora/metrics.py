@@ -14,9 +14,10 @@ Headlines (formulas and what each can and cannot see: docs/results.md):
 - `forgetting` (lower is better): mean over the forgetting items of the paired bits-per-byte increase, with its
   interval — departure from the pretrained model that no capability item gaining through format can cancel;
 - `kl_to_base`: mean per-prompt KL(base ‖ tuned) on held-out prompts, with its interval (measured by the runner);
-- `preservation`: every preservation item's change normalized by its range above chance (so an item cannot move
-  by more than its own scale, and a near-chance item weighs no more than any other), its mean overall and per
-  kind, and how many items dropped or rose with an interval excluding zero.
+- `preservation`: every preservation item's change normalized by its range above chance (so every item's change is
+  in units of its own range, and a near-chance item weighs no more than any other; an accuracy falling below
+  chance moves by more than 1), its mean overall and per kind, and how many items dropped or rose with an
+  interval excluding zero.
 """
 
 from __future__ import annotations
@@ -47,15 +48,16 @@ def retention(base: float, final: float, higher_is_better: bool) -> float | None
     return base / final if final > 0 else None
 
 
-def item_changes(base: dict[str, dict], final: dict[str, dict], sources: dict[str, str] | None = None,
+def item_changes(base: dict[str, dict], final: dict[str, dict], sources: dict[str, str],
                  n_resamples: int = paired.RESAMPLES, confidence: float = paired.CONFIDENCE) -> dict[str, dict]:
     """Per item with outcomes on both sides: the paired change `final − base` (raw units) and, for multiple choice,
     the gold margin's change, as `paired.Interval`s. `sources`: {item: the lm-eval task that scored it}
-    (`suite.item_sources`), so that items on different documents resample independently and items of one task
-    jointly (folora/evals/paired.py)."""
+    (`suite.item_sources`; a record's: `analysis.compare.recorded_sources`), so that items on different documents
+    resample independently and items of one task jointly (folora/evals/paired.py). It is required: without it,
+    items of different tasks that number their documents alike would draw the same resamples."""
     out = {}
     for item in sorted(set(base) & set(final)):
-        source = (sources or {}).get(item, "")
+        source = sources.get(item, "")
         out[item] = {"change": paired.score_change(base[item], final[item], n_resamples, confidence, source=source),
                      "margin_change": paired.margin_change(base[item], final[item], n_resamples, confidence,
                                                            source=source),

@@ -91,7 +91,7 @@ def test_forgetting_is_seen_when_every_capability_item_improves():
              "prose_bpb": outcome(nll_base * 1.03, den=nbytes, scale=1 / math.log(2))}   # 3% worse on every document
     item_roles = metrics.roles(list(base), ["t"], [], forgetting=["prose_bpb"])
     assert item_roles == {"t": "target", "cap": "preservation", "code": "preservation", "prose_bpb": "forgetting"}
-    changes = metrics.item_changes(base, final)
+    changes = metrics.item_changes(base, final, {})
     head = metrics.headline(scores_of(base, {"prose_bpb": False}, {"cap": "knowledge", "code": "code"}), changes, item_roles)
     assert head["target_gain"].value > 0 and head["preservation"]["mean_change"].value > 0
     assert head["preservation"]["rose"] and not head["preservation"]["dropped"]
@@ -108,7 +108,7 @@ def test_a_headline_item_without_outcomes_stops_instead_of_shrinking_the_headlin
     item_roles = metrics.roles(["prose_bpb", "code_bpb"], [], [], forgetting=["prose_bpb", "code_bpb"])
     scores = scores_of(base | {"code_bpb": base["prose_bpb"]}, {"prose_bpb": False, "code_bpb": False}, {})
     with pytest.raises(FoloraError, match=r"\['code_bpb'\] are headline items"):
-        metrics.headline(scores, metrics.item_changes(base, final), item_roles)
+        metrics.headline(scores, metrics.item_changes(base, final, {}), item_roles)
 
 
 def test_a_low_base_item_cannot_dominate_the_preservation_aggregate():
@@ -121,7 +121,7 @@ def test_a_low_base_item_cannot_dominate_the_preservation_aggregate():
     base = {"low": outcome(low_before), "known": outcome(known_before)}
     final = {"low": outcome(low_after), "known": outcome(known_after)}
     item_roles = metrics.roles(list(base), [], [])
-    head = metrics.headline(scores_of(base, {}, {"low": "knowledge", "known": "knowledge"}), metrics.item_changes(base, final),
+    head = metrics.headline(scores_of(base, {}, {"low": "knowledge", "known": "knowledge"}), metrics.item_changes(base, final, {}),
                             item_roles)
     kept = head["preservation"]
     assert kept["mean_change"].value == pytest.approx((2 / 32 - 8 / 32) / 2) and kept["mean_change"].value < 0
@@ -142,8 +142,8 @@ def test_items_on_the_same_documents_are_resampled_jointly():
     zero-width interval, which independent resampling could not give."""
     rng = np.random.default_rng(1)
     x = rng.random(40) < 0.5
-    up = metrics.item_changes({"a": outcome(np.zeros(40))}, {"a": outcome(x)})["a"]["change"]
-    down = metrics.item_changes({"b": outcome(x)}, {"b": outcome(np.zeros(40))})["b"]["change"]
+    up = metrics.item_changes({"a": outcome(np.zeros(40))}, {"a": outcome(x)}, {})["a"]["change"]
+    down = metrics.item_changes({"b": outcome(x)}, {"b": outcome(np.zeros(40))}, {})["b"]["change"]
     joint = paired.mean_of([up, down])
     assert joint.value == pytest.approx(0.0) and joint.low == pytest.approx(0.0) and joint.high == pytest.approx(0.0)
 
