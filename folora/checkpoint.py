@@ -39,7 +39,7 @@ FORMAT = 1
 # Keys that change how a run is executed or reported, never what it computes: a checkpoint written with one value
 # resumes under another (a sweep restarted with fewer threads, a different W&B mode, checkpoints kept or not).
 EXECUTION_KEYS = ("threads", "skip_completed", "logger", "train.checkpoint_every", "train.keep_checkpoint",
-                  "train.on_code_change", "experiment", "reuse_from")
+                  "train.on_code_change", "experiment", "reuse_from", "calibration_cache")
 
 
 class Interrupted(BaseException):

@@ -6,7 +6,8 @@ A method is one class (in `baselines/`, or a package of its own such as `folora/
 in `conf/method/_base/`. The runner calls, in order:
 
     model = method.prepare(model, ctx)      # wrap with adapters, apply the init, calibrate from ctx
-                                            # (or restore ctx.calibration, a checkpoint's calibration_state())
+                                            # (or restore ctx.calibration: a checkpoint's calibration_state(), or
+                                            # the cached one of a run with the same calibration_identity())
     opt   = method.optimizer(params, train) # default AdamW
     ... each step: loss + method.regularizer(model); method.on_step(step); at log steps method.step_metrics()
     method.export(model, path)              # a PEFT adapter that loads on the unmodified base model
@@ -92,6 +93,13 @@ class Method:
         """What `prepare` computed from data, for a checkpoint: a resumed run passes it back as `ctx.calibration` and
         `prepare` restores it instead of calibrating. Tensors, numbers, strings, lists and dicts only."""
         return {}
+
+    def calibration_identity(self, model: torch.nn.Module, ctx: MethodContext) -> dict | None:
+        """What `prepare(model, ctx)`'s calibration depends on besides the base model, the precision and the code: the method's
+        options that change it and a fingerprint of the data it reads. Runs with the same identity share one
+        computed calibration (folora/calibration/cache.py), handed to `prepare` as `ctx.calibration`. None (the
+        default): nothing to share, or not safe to share."""
+        return None
 
     def state_dict(self) -> dict:
         """Training-time state beyond the trainable weights and the optimizer (e.g. a running covariance)."""

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from folora import checkpoint, metrics, precision, report, reuse
+from folora.calibration import cache as calibration_cache
 from folora.checkpoint import Checkpointer, Interrupted
 from folora.errors import FoloraError, require
 from folora.evals import kl, outcomes
@@ -214,9 +215,18 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
                                 cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,
                                 precision=eval_precision, calibration=calibration)
+        shared = (shared_calibration(method, model, context, loaded.fingerprint)
+                  if calibration is None and cfg.get("calibration_cache", True) else None)
+        if shared is not None and shared.state is not None:
+            context.calibration = shared.state
+            print(f"[folora] calibration from the cache: {shared.path}", flush=True)
         model = method.prepare(model, context).to(device)
         if calibration is None:
             checkpoints.save_calibration(method.calibration_state())
+        if shared is not None and shared.state is None:
+            calibration_cache.save(cache_dir(), shared.key, method.calibration_state())
+        if shared is not None:
+            record.update(calibration_cache=shared.summary())
     with phases("train"):
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
@@ -238,6 +248,29 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                    phases=phases, adapter=run_dir / "adapter")
+
+
+@dataclass
+class SharedCalibration:
+    key: str
+    path: Path
+    state: dict | None     # the cached calibration; None: this run computes it and writes it to `path`
+
+    def summary(self) -> dict:
+        return {"key": self.key, "hit": self.state is not None}
+
+
+def shared_calibration(method: Method, model: torch.nn.Module, ctx: MethodContext,
+                       model_fingerprint: str) -> SharedCalibration | None:
+    """The cache entry of the calibration this run's `prepare` would compute (folora/calibration/cache.py), with its
+    state where another run computed it; None for a method that declares no calibration identity."""
+    identity = method.calibration_identity(model, ctx)
+    if identity is None:
+        return None
+    key = calibration_cache.cache_key(identity, model_fingerprint=model_fingerprint, precision=ctx.precision,
+                                      device=ctx.device, code=checkpoint.code_digest(REPO))
+    return SharedCalibration(key, calibration_cache.path_of(ctx.cache_dir, key),
+                             calibration_cache.load(ctx.cache_dir, key))
 
 
 def base_trajectory(cfg: DictConfig, model: torch.nn.Module, tokenizer, task, device: torch.device,

@@ -60,6 +60,7 @@ RULES: tuple[Rule, ...] = (
          "device=cpu"),
     Rule("threads", int | None, positive, "a positive integer or null (every core)", "threads=1"),
     Rule("skip_completed", bool, None, "true or false", "skip_completed=true"),
+    Rule("calibration_cache", bool, None, "true or false", "calibration_cache=false"),
     Rule("reuse_from", list, lambda v: all(isinstance(p, str) and Path(p).is_dir() for p in v),
          "a list of existing folders", "reuse_from=[results]"),
     Rule("train.steps", int, positive, "a positive integer (optimizer steps)", "train.steps=100"),

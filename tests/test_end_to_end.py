@@ -14,7 +14,8 @@ REQUIRED_KEYS = {"status", "config", "metrics", "target_gain", "forgetting", "pr
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
-    process = run_folora(run_dir, *TINY)
+    # computes its own calibration, whatever an earlier test cached (the calibration cache has its own test below)
+    process = run_folora(run_dir, *TINY, "calibration_cache=false")
     assert process.returncode == 0, process.stderr[-3000:]
     return run_dir, process
 
@@ -110,6 +111,28 @@ def test_the_default_method_is_folora_with_calibration_timed_and_forgetting_watc
     assert results["method"]["calibration"]["proxy"]["sequences"] > 0
     for log in results["train"]["logs"]:
         assert {"proxy_penalty", "task_utility", "gate_a_mean", "gate_b_mean"} <= set(log)
+
+
+def test_a_calibration_computed_once_serves_every_kappa_and_gives_the_same_numbers(tmp_path):
+    """Through the real entry point: FoLoRA at κ = 1 computes its calibration and caches it; κ = 4 with the hard gate
+    finds it (no calibration phases, the record says so); κ = 1 again from the cache gives exactly the numbers of
+    the run that computed it. (`method.calibration.task_examples=5` makes the key this test's own.)"""
+    own = [*TINY, "method.calibration.task_examples=5"]
+    runs = {name: tmp_path / name for name in ("computed", "other_kappa", "cached")}
+    for name, extra in (("computed", []), ("other_kappa", ["method.kappa=4.0", "method.gate=hard"]), ("cached", [])):
+        process = run_folora(runs[name], *own, *extra)
+        assert process.returncode == 0, process.stderr[-3000:]
+    computed, other, cached = (read_results(runs[n]) for n in ("computed", "other_kappa", "cached"))
+    assert computed["calibration_cache"]["hit"] is False
+    assert "calibration/covariances and solve" in computed["timing"]["phases_s"]
+    for record in (other, cached):
+        assert record["calibration_cache"] == {"key": computed["calibration_cache"]["key"], "hit": True}
+        assert record["timing"]["calibration_s"] == 0
+        assert not any(p.startswith("calibration/") for p in record["timing"]["phases_s"])
+    assert cached["train"]["loss_curve"] == computed["train"]["loss_curve"]
+    for name in ("target_gain", "forgetting", "kl_to_base", "metrics"):
+        assert cached[name] == computed[name], name
+    assert other["train"]["loss_curve"] != computed["train"]["loss_curve"]   # another κ trains otherwise
 
 
 def test_lora_runs_through_the_same_entry_point(tmp_path):

@@ -116,3 +116,57 @@ def test_prepare_pairs_every_adapter_with_its_group_basis_and_reports_live_stati
     assert {"proxy_penalty", "task_utility", "gate_a_mean", "gate_a_open", "gate_b_mean"} <= set(stats)
     assert stats["proxy_penalty"] > 0 and 0 < stats["gate_a_mean"] < 1
     assert method.summary()["calibration"]["proxy"]["sequences"] == 8
+
+
+def test_runs_that_differ_only_in_training_options_share_one_calibration(tiny, tmp_path):
+    """κ, the gate and A's initialization only steer training: a run that changes them finds the calibration another
+    run computed (folora/calibration/cache.py) and restores it bit for bit, and trains exactly as with its own; a
+    change to what the calibration reads (the damping, the proxy, the seed, the task examples) computes anew."""
+    from folora.runner import shared_calibration
+
+    examples = [{"input_ids": list(range(3, 20)), "labels": list(range(3, 20))} for _ in range(4)]
+    options = {"proxy": {"num_sequences": 8, "length": 8, "batch_size": 4}, "calibration": {"task_examples": 4}}
+
+    def context(seed=0, train=examples, cache_dir=tmp_path):
+        return MethodContext(tokenizer=tiny.tokenizer, train_examples=train, seed=seed, device=torch.device("cpu"),
+                             cache_dir=cache_dir, model_fingerprint=tiny.fingerprint)
+
+    def fresh():
+        return load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml")).model
+
+    def prepared(method, ctx):
+        shared = shared_calibration(method, fresh(), ctx, tiny.fingerprint)
+        ctx.calibration = shared.state
+        model = method.prepare(fresh(), ctx)
+        if shared.state is None:
+            from folora.calibration import cache
+            cache.save(ctx.cache_dir, shared.key, method.calibration_state())
+        return shared, model
+
+    first = FoLoRA(kappa=1.0, **options)
+    shared, _ = prepared(first, context())
+    assert shared.state is None and shared.path.is_file()
+    second = FoLoRA(kappa=4.0, gate="hard", a_init="spectral", gate_b=False, **options)
+    reused, _ = prepared(second, context())
+    assert reused.key == shared.key and reused.state is not None
+    for key, basis in first.bases.items():
+        assert torch.equal(second.bases[key].V, basis.V) and torch.equal(second.bases[key].lam, basis.lam)
+
+    # a cached calibration trains exactly as the computed one (here with its proxy sampled anew, in another cache):
+    # calibrating draws nothing from the global random state that A's initialization then draws from
+    torch.manual_seed(0)
+    computed_method = FoLoRA(**options)
+    computed_method.prepare(fresh(), context(cache_dir=tmp_path / "empty"))
+    torch.manual_seed(0)
+    cached_method = FoLoRA(**options)
+    hit, _ = prepared(cached_method, context())
+    assert hit.state is not None
+    for (a1, b1, _), (a2, b2, _) in zip(computed_method.pairs, cached_method.pairs, strict=True):
+        assert torch.equal(a1, a2) and torch.equal(b1, b2)
+
+    for other, ctx in ((FoLoRA(damping=1e-3, **options), context()),
+                       (FoLoRA(proxy={"num_sequences": 6, "length": 8, "batch_size": 4}, calibration={"task_examples": 4}),
+                        context()),
+                       (FoLoRA(**options), context(seed=1)),
+                       (FoLoRA(**options), context(train=[dict(e, input_ids=e["input_ids"][:-1]) for e in examples]))):
+        assert shared_calibration(other, fresh(), ctx, tiny.fingerprint).key != shared.key

@@ -16,6 +16,8 @@ basis recomputed every `refresh_every` steps.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -169,6 +171,23 @@ class FoLoRA(PeftLoRAMethod):
                                   "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
                                   "damping_max": max(b.damping for b in self.bases.values()), "memory_plan": plan,
                                   "top_k": {g.key: k for g in groups if (k := self._kept(g.dim))}}
+
+    def calibration_identity(self, model: torch.nn.Module, ctx: MethodContext) -> dict:
+        """The options the calibration reads (the adapted layers, the proxy, the covariance passes, the solve, the
+        dtype the memory plan stores the bases in, whether the covariances are kept for refreshing), the seed (the
+        proxy samples') and the task examples whose tokens form C_t. Not the gate, κ, τ, which sides are gated, A's
+        initialization or B's damping: they only steer training, so a sweep over them shares one calibration."""
+        names = linear_layer_names(model, self.lora_config)
+        probe = ctx.tokenizer(["The"], return_tensors="pt")
+        groups = find_input_groups(model, names, {"input_ids": probe["input_ids"].to(ctx.device),
+                                                  "attention_mask": probe["attention_mask"].to(ctx.device)})
+        planned = self._memory_plan(model, groups, ctx.device)["basis_dtype"]   # `auto` may depend on free memory
+        task = ctx.train_examples[: self.calibration.task_examples]
+        tokens = hashlib.sha256(json.dumps([list(map(int, e["input_ids"])) for e in task]).encode()).hexdigest()[:16]
+        return {"layers": names, "proxy": dict(self.proxy_options), "seed": ctx.seed,
+                "calibration": dataclasses.asdict(self.calibration), "damping": self.damping, "top_k": self.top_k,
+                "top_k_fraction": self.top_k_fraction, "top_k_min_dim": self.top_k_min_dim, "basis_dtype": planned,
+                "keeps_covariances": bool(self.refresh_every), "task_tokens": tokens}
 
     def calibration_state(self) -> dict:
         return {"bases": {key: _basis_fields(b) for key, b in self.bases.items()}, "member_of": self.member_of,
