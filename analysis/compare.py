@@ -38,7 +38,7 @@ def compare(run_a: Path, run_b: Path) -> dict:
     recorded = {name: {"a": records[0].get(name), "b": records[1].get(name)} for name in HEADLINES}
     result = {"runs": [str(run_a), str(run_b)], "items": items, "headline": recorded}
     try:
-        for name, difference in headline_difference(run_a, run_b, finals, records).items():
+        for name, difference in _headline_difference(run_a, run_b, records, changes).items():
             recorded[name]["difference"] = difference
     except UnpairedRuns as reason:
         result["unpaired"] = str(reason)
@@ -49,8 +49,7 @@ class UnpairedRuns(ValueError):
     """Two runs whose headlines cannot be compared document by document."""
 
 
-def headline_difference(run_a: Path, run_b: Path, finals: list[dict] | None = None,
-                        records: list[dict] | None = None) -> dict[str, paired.Interval | None]:
+def headline_difference(run_a: Path, run_b: Path) -> dict[str, paired.Interval | None]:
     """B − A of each headline with its 95% interval, paired: `target_gain`, `forgetting` and `preservation` on the
     same eval documents, `kl_to_base` on the same prompts.
 
@@ -60,14 +59,15 @@ def headline_difference(run_a: Path, run_b: Path, finals: list[dict] | None = No
     normalization is the base's, as in each run), every item's replicates averaged jointly. The point values equal
     the difference of the two records' headlines; the interval is the one a comparison of two runs on one set of
     documents needs, where their changes co-vary. KL: the per-prompt differences, resampled (`paired.bootstrap_mean`,
-    as each run's own KL interval). `finals`, `records`: the two runs' final outcomes and records, where the caller
-    has read them."""
-    if records is None:
-        records = [json.loads((run / "results.json").read_text()) for run in (run_a, run_b)]
-    if finals is None:
-        finals = [outcomes.load(run / "outcomes.json.gz")["final"] for run in (run_a, run_b)]
+    as each run's own KL interval)."""
+    records = [json.loads((run / "results.json").read_text()) for run in (run_a, run_b)]
+    finals = [outcomes.load(run / "outcomes.json.gz")["final"] for run in (run_a, run_b)]
+    return _headline_difference(run_a, run_b, records, item_changes(*finals, sources=recorded_sources(records[0])))
+
+
+def _headline_difference(run_a: Path, run_b: Path, records: list[dict], changes: dict) -> dict:
+    """`headline_difference` from the two records and the per-item changes from A's final outcomes to B's."""
     roles, scores = _shared_suite(run_a, run_b, records)
-    changes = item_changes(*finals, sources=recorded_sources(records[0]))
     head = headline(scores, changes, roles)
     return {"target_gain": head["target_gain"], "forgetting": head["forgetting"],
             "kl_to_base": _kl_difference(*records), "preservation": head["preservation"]["mean_change"]}

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from analysis.compare import recorded_sources
 from folora.evals import outcomes as outcome_files
 from folora.evals import paired
-from folora.results import git_state, write_json_atomic
+from folora.results import rewrite_entry, write_json_atomic
 from folora.runner import scored_fields
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +63,7 @@ def rescore(folders: list[Path], why: str, check: bool = False) -> dict[str, lis
             continue
         done["changed"].append(str(path))
         if not check:
-            new["rescored"] = [*record.get("rescored", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                              "git": git_state(REPO), "why": why}]
+            new["rescored"] = [*record.get("rescored", []), rewrite_entry(REPO, why)]
             write_json_atomic(path, new)
     return done
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from omegaconf import OmegaConf
 from folora import precision
 from folora.errors import FoloraError
 from folora.models import load_model
-from folora.results import git_state, write_json_atomic
+from folora.results import rewrite_entry, write_json_atomic
 from folora.runner import base_trajectory, load_task_data, pick_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,9 +95,7 @@ def backfill(paths: list[Path], why: str) -> list[dict]:
                        "base_val_loss": point.get("val_loss"), "step0_val_loss": step_zero.get("val_loss"),
                        "base_bpb": point.get("bpb"), "step0_bpb": step_zero.get("bpb")})
         record["train"]["base_point"] = point
-        record["backfilled"] = [*record.get("backfilled", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                               "git": git_state(REPO), "fields": ["train.base_point"],
-                                                               "why": why}]
+        record["backfilled"] = [*record.get("backfilled", []), rewrite_entry(REPO, why, fields=["train.base_point"])]
         write_json_atomic(path, record)
     return report
 

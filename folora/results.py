@@ -85,6 +85,12 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def rewrite_entry(repo: Path, why: str, **fields) -> dict:
+    """What a record rewritten after its run keeps of each rewrite (`rescored`, `backfilled`): when, with which
+    checkout, why, and `fields` the tool adds."""
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_state(repo), **fields, "why": why}
+
+
 def git_state(repo: Path) -> dict:
     def git(*args):
         try:

@@ -137,12 +137,17 @@ class FoLoRA(PeftLoRAMethod):
         check_fits(plan, available, widest=max(g.dim for g in groups), top_k=self.top_k, basis_dtype=plan["basis_dtype"])
         return plan | {"groups_per_pass": plan["groups_per_pass"] or len(groups)}
 
-    def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
-        """Proxy samples, both covariances of every input group, and each group's generalized eigenbasis."""
+    def _groups_and_plan(self, model: torch.nn.Module, names: list[str], ctx: MethodContext
+                         ) -> tuple[list[InputGroup], dict]:
+        """The adapted layers' input groups (found with a one-token probe) and the memory plan for them."""
         probe = ctx.tokenizer(["The"], return_tensors="pt")
         groups = find_input_groups(model, names, {"input_ids": probe["input_ids"].to(ctx.device),
                                                   "attention_mask": probe["attention_mask"].to(ctx.device)})
-        plan = self._memory_plan(model, groups, ctx.device)
+        return groups, self._memory_plan(model, groups, ctx.device)
+
+    def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
+        """Proxy samples, both covariances of every input group, and each group's generalized eigenbasis."""
+        groups, plan = self._groups_and_plan(model, names, ctx)
         proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
         with ctx.phase("calibration/proxy sampling"):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
@@ -178,10 +183,7 @@ class FoLoRA(PeftLoRAMethod):
         proxy samples') and the task examples whose tokens form C_t. Not the gate, κ, τ, which sides are gated, A's
         initialization or B's damping: they only steer training, so a sweep over them shares one calibration."""
         names = linear_layer_names(model, self.lora_config)
-        probe = ctx.tokenizer(["The"], return_tensors="pt")
-        groups = find_input_groups(model, names, {"input_ids": probe["input_ids"].to(ctx.device),
-                                                  "attention_mask": probe["attention_mask"].to(ctx.device)})
-        planned = self._memory_plan(model, groups, ctx.device)["basis_dtype"]   # `auto` may depend on free memory
+        planned = self._groups_and_plan(model, names, ctx)[1]["basis_dtype"]   # `auto` may depend on free memory
         task = ctx.train_examples[: self.calibration.task_examples]
         tokens = hashlib.sha256(json.dumps([list(map(int, e["input_ids"])) for e in task]).encode()).hexdigest()[:16]
         return {"layers": names, "proxy": dict(self.proxy_options), "seed": ctx.seed,
