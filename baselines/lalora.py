@@ -22,7 +22,7 @@ import torch
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import FoloraError, require
 from folora.evals.corpora import prose_documents
-from folora.methods import MethodContext, PeftLoRAMethod, lora_layers, nested_options
+from folora.methods import MethodContext, PeftLoRAMethod, linear_layer_names, lora_layers, nested_options
 
 CURVATURES = ("diag-empirical", "diag-sampled", "kfac")
 
@@ -44,7 +44,7 @@ class LaLoRA(PeftLoRAMethod):
         self.stats: dict = {}
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
-        if ctx.calibration is not None:   # a resumed run: the anchor and curvature of its checkpoint
+        if ctx.calibration is not None:   # a resumed run's checkpoint, or the cache: the anchor and curvature computed
             peft_model = self.wrap(model)
             self._restore_calibration(peft_model, ctx.calibration)
             return peft_model
@@ -67,6 +67,16 @@ class LaLoRA(PeftLoRAMethod):
         with ctx.phase("calibration/proxy sampling"):
             return sample_proxy(model, ctx.tokenizer, cfg, model_fingerprint=ctx.model_fingerprint,
                                 cache_dir=ctx.cache_dir, device=ctx.device, precision_used=ctx.precision).sequences
+
+    def calibration_identity(self, model: torch.nn.Module, ctx: MethodContext) -> dict:
+        """What the anchor θ0 and the curvature depend on: the adapter (its layers, rank and scale; A's initialization
+        is drawn from the seeded global generator when `prepare` wraps the model, and the curvature of B is measured
+        through it), the curvature estimator, its data and the seed (the proxy's and the sampled labels'). Not λ: it
+        only scales the penalty, so a λ sweep estimates the curvature once."""
+        config = self.lora_config
+        return {"layers": linear_layer_names(model, config), "rank": config.r, "alpha": config.lora_alpha,
+                "init": str(config.init_lora_weights), "curvature": self.curvature, "samples": self.samples,
+                "data": self.data, "proxy": dict(self.proxy_options), "seed": ctx.seed}
 
     def regularizer(self, model: torch.nn.Module) -> torch.Tensor | None:
         if self.lam == 0:
@@ -104,6 +114,13 @@ class LaLoRA(PeftLoRAMethod):
                         for n, (t0, p) in state["anchors"].items()]
         self.kfac = [(params[n], *(t.to(params[n].device) for t in (m0, a, g))) for n, (m0, a, g) in state["kfac"].items()]
         self.stats = state["stats"]
+        # The curvature of B was measured through the A it was computed with: a restored curvature is only this run's
+        # if the adapter it wrapped starts where that one did (the same seed draws the same initialization).
+        for theta, theta0, *_ in [*self.anchors, *self.kfac]:
+            if not torch.equal(theta.detach(), theta0):
+                raise FoloraError(f"LaLoRA's restored curvature was measured at another initialization of "
+                                  f"{theta._folora_name} than this run's adapter starts from; remove the cached "
+                                  f"calibration (make clean-cache) or run with calibration_cache=false.")
 
 
 def _sequence_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

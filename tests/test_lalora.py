@@ -2,6 +2,7 @@
 and A's curvature is exactly zero because B starts at zero."""
 
 import copy
+import dataclasses
 from contextlib import nullcontext
 
 import pytest
@@ -116,3 +117,51 @@ def test_a_huge_lambda_keeps_the_penalized_parameters_at_their_start(tiny, tmp_p
         return float(torch.cat(moved).mean())
 
     assert drift(1e12) < 0.2 * drift(0.0)
+
+
+@pytest.mark.parametrize("curvature", ["diag-empirical", "kfac"])
+def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
+    """λ only scales the penalty: a run at another λ finds the curvature another run computed
+    (folora/calibration/cache.py), restores anchor and curvature bit for bit, and its penalty is the computed one's
+    scaled by the ratio of the λs; what the curvature reads (the estimator, the sample count, the seed, the rank)
+    keys it anew, and a restored curvature measured at another initialization of the adapter is refused."""
+    from folora.calibration import cache
+    from folora.errors import FoloraError
+    from folora.runner import shared_calibration
+
+    options = {"curvature": curvature, "curvature_samples": 4, "proxy": PROXY, "rank": 4, "alpha": 8, "dropout": 0.0}
+
+    def run(method, ctx, init_seed=0):
+        shared = shared_calibration(method, tiny.model, ctx, tiny.fingerprint)
+        ctx.calibration = shared.state
+        torch.manual_seed(init_seed)   # as the runner seeds the run: A's initialization draws from it
+        model = method.prepare(copy.deepcopy(tiny.model), ctx)
+        if shared.state is None:
+            cache.save(ctx.cache_dir, shared.key, method.calibration_state())
+        return shared, model
+
+    computed = LaLoRA(lam=1.0, **options)
+    first, model = run(computed, context(tiny, tmp_path))
+    assert first.state is None and first.path.is_file()
+    swept = LaLoRA(lam=5.0, **options)
+    hit, swept_model = run(swept, context(tiny, tmp_path))
+    assert hit.key == first.key and hit.state is not None
+    for (_, t0, p), (_, u0, q) in zip(computed.anchors, swept.anchors, strict=True):
+        assert torch.equal(t0, u0) and torch.equal(p, q)
+    for (_, *tensors), (_, *others) in zip(computed.kfac, swept.kfac, strict=True):
+        assert all(torch.equal(t, o) for t, o in zip(tensors, others, strict=True))
+    for m in (model, swept_model):
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    torch.testing.assert_close(swept.regularizer(swept_model), 5.0 * computed.regularizer(model))
+
+    for other, ctx in ((LaLoRA(**{**options, "curvature": "diag-sampled"}), context(tiny, tmp_path)),
+                       (LaLoRA(**{**options, "curvature_samples": 3}), context(tiny, tmp_path)),
+                       (LaLoRA(**{**options, "rank": 2}), context(tiny, tmp_path)),
+                       (LaLoRA(**options), dataclasses.replace(context(tiny, tmp_path), seed=1))):
+        assert shared_calibration(other, tiny.model, ctx, tiny.fingerprint).key != first.key
+
+    with pytest.raises(FoloraError, match="another initialization"):
+        run(LaLoRA(lam=2.0, **options), context(tiny, tmp_path), init_seed=1)

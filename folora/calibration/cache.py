@@ -3,7 +3,8 @@
 FoLoRA's calibration (proxy samples, both covariances of every input group, the generalized eigenbases) depends on
 the base model, the task's first training examples, the seed, the precision of its forward passes and a few of the
 method's options, and on none of the options that only steer training: the gate, κ, A's initialization. A sweep
-over κ, or an ablation of the gate, would compute the same bases again in every run. A method says what its
+over κ, or an ablation of the gate, would compute the same bases again in every run; likewise LaLoRA's curvature in
+a sweep over λ, which only scales its penalty. A method says what its
 calibration depends on (`Method.calibration_identity`); the runner keys the cache with that, the model's fingerprint,
 the eval precision, the device type and the digest of the code (`checkpoint.code_digest`: any edit to the code
 computes anew), and hands a cached state to `prepare` as `ctx.calibration`, the path a resumed run takes, so the
