@@ -81,3 +81,47 @@ def fp32_logits(model: torch.nn.Module):
         yield
     finally:
         del head.forward   # back to the class's forward
+
+
+@contextlib.contextmanager
+def adapter_input_cast_once(model: torch.nn.Module):
+    """Evaluate PEFT's LoRA linears under bf16 autocast with their input cast to bf16 once, not three times.
+
+    PEFT's `lora.Linear.forward` runs the frozen layer on x, casts x to the adapter's dtype (fp32) and runs
+    `lora_B(lora_A(dropout(x)))`, and autocast casts x to bf16 again for the frozen layer and for `lora_A`: two or
+    three casts of the full activation per adapted layer, as many as the matmuls cost in batched generation. While the
+    context is open, each such layer in eval mode under bf16 autocast computes the same operations on one bf16 copy
+    of x: autocast's cast is the same rounding each time and bf16 → fp32 → bf16 is exact, so every output is
+    bit-identical to PEFT's (tests/test_precision.py) and scores equal those of stock tools loading the adapter. A
+    layer in training mode (dropout draws), with another adapter layout (several active adapters, a merged or
+    disabled adapter, a LoRA variant such as DoRA, per-call adapter names) or outside bf16 autocast runs PEFT's own
+    forward."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and isinstance(m.base_layer, torch.nn.Linear)]
+    for layer in layers:
+        layer.forward = functools.partial(_cast_once_forward, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward   # back to the class's forward
+
+
+def _cast_once_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    names = layer.active_adapters
+    plain = (not args and not kwargs and not layer.training and not layer.merged and not layer.disable_adapters
+             and len(names) == 1 and names[0] in layer.lora_A and names[0] not in layer.lora_variant
+             and layer.lora_A[names[0]].weight.dtype == torch.float32
+             and torch.is_autocast_enabled(x.device.type)
+             and torch.get_autocast_dtype(x.device.type) == torch.bfloat16)
+    if not plain:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    name = names[0]
+    base, lora_a, lora_b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
+    x = x.to(torch.bfloat16)   # what autocast does to the input of each of the three linears
+    result = torch.nn.functional.linear(x, base.weight, base.bias)
+    # dropout is the identity in eval mode
+    adapter = torch.nn.functional.linear(torch.nn.functional.linear(x, lora_a.weight, lora_a.bias), lora_b.weight,
+                                         lora_b.bias)
+    return result + adapter * layer.scaling[name]

@@ -159,3 +159,69 @@ def test_per_sequence_stopping_gives_the_texts_lm_eval_would_score(tiny):
     (ours_texts, ours_len), (stock_texts, stock_len) = texts(ours), texts(stock)
     assert ours_texts == stock_texts
     assert ours_len < stock_len   # and it stopped sooner
+
+
+def _adapted(loaded):
+    """A LoRA adapter with nonzero B (a trained one's outputs differ from the base model's) and dropout."""
+    method = instantiate(tiny_config("method=lora", "method.dropout=0.1").method)
+    model = method.prepare(copy.deepcopy(loaded.model), None)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def test_adapters_cast_their_input_once_with_every_output_bit_identical_to_peft(tiny, monkeypatch):
+    """Under bf16 autocast in eval mode, the cast-once LoRA forward gives PEFT's logits and greedy generation (with
+    the KV cache) bit for bit, without calling PEFT's forward; in training mode (dropout draws) it is PEFT's forward;
+    the class's forward is back once the context closes."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    _, loaded, _ = tiny
+    model = _adapted(loaded).eval()
+    cpu = torch.device("cpu")
+    ids = torch.tensor([list(range(5, 40)), list(range(60, 95))])
+
+    def outputs():
+        with torch.no_grad(), precision.autocast("bf16", cpu), precision.fp32_logits(model):
+            logits = model(input_ids=ids).logits
+            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                       do_sample=False, output_scores=True, return_dict_in_generate=True,
+                                       pad_token_id=loaded.tokenizer.pad_token_id)
+        return logits, generated.sequences, torch.stack(generated.scores)
+
+    peft_outputs = outputs()
+    peft_forward = LoraLinear.forward
+    with precision.adapter_input_cast_once(model):
+        monkeypatch.setattr(LoraLinear, "forward", lambda *a, **k: pytest.fail("PEFT's forward was called"))
+        cast_once = outputs()
+        monkeypatch.setattr(LoraLinear, "forward", peft_forward)
+        model.train()
+        torch.manual_seed(1)
+        with precision.autocast("bf16", cpu):
+            training = model(input_ids=ids).logits
+    for peft_output, ours in zip(peft_outputs, cast_once, strict=True):
+        assert torch.equal(peft_output, ours)
+    torch.manual_seed(1)
+    with precision.autocast("bf16", cpu):
+        assert torch.equal(model(input_ids=ids).logits, training)   # dropout drew the same masks: PEFT's forward
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, LoraLinear))
+
+
+def test_the_suite_scores_an_adapter_exactly_as_peft_under_bf16(tiny):
+    """Through lm-eval: every item's per-document outcome of the suite with the cast-once forward (as runs evaluate)
+    equals the one PEFT's own forward gives."""
+    from folora.evals.suite import evaluate_lm, evaluate_suite, suite_lm
+
+    cfg, loaded, _ = tiny
+    eval_cfg = tiny_config("eval.limit=4").eval
+    # one item of each request kind: chat generation, few-shot log-likelihood, rolling log-likelihood (bits per byte)
+    eval_cfg["items"] = {name: eval_cfg["items"][name] for name in ("math_strict", "capitals", "prose_bpb")}
+    model = _adapted(loaded).eval()
+    ours = evaluate_suite(model, loaded.tokenizer, eval_cfg, "bf16")
+    inner = model.get_base_model()
+    with precision.fp32_logits(inner):
+        peft = evaluate_lm(suite_lm(inner, loaded.tokenizer, eval_cfg, "bf16"), eval_cfg)
+    assert ours.outcomes == peft.outcomes and ours.scores == peft.scores
