@@ -17,6 +17,8 @@ only B is penalized. A moves freely, but every change of ΔW = s·B·A still goe
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from folora.calibration.proxy import ProxyConfig, sample_proxy
@@ -74,9 +76,12 @@ class LaLoRA(PeftLoRAMethod):
         through it), the curvature estimator, its data and the seed (the proxy's and the sampled labels'). Not λ: it
         only scales the penalty, so a λ sweep estimates the curvature once."""
         config = self.lora_config
+        # A is drawn (on the CPU, before PEFT moves it to the base layer's device) from the global generator's
+        # state at `prepare`: a run that reaches it from another state has another A, and another curvature of B
+        init_state = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]
         return {"layers": linear_layer_names(model, config), "rank": config.r, "alpha": config.lora_alpha,
-                "init": str(config.init_lora_weights), "curvature": self.curvature, "samples": self.samples,
-                "data": self.data, "proxy": dict(self.proxy_options), "seed": ctx.seed}
+                "init": str(config.init_lora_weights), "init_rng_state": init_state, "curvature": self.curvature,
+                "samples": self.samples, "data": self.data, "proxy": dict(self.proxy_options), "seed": ctx.seed}
 
     def regularizer(self, model: torch.nn.Module) -> torch.Tensor | None:
         if self.lam == 0:
@@ -118,9 +123,10 @@ class LaLoRA(PeftLoRAMethod):
         # if the adapter it wrapped starts where that one did (the same seed draws the same initialization).
         for theta, theta0, *_ in [*self.anchors, *self.kfac]:
             if not torch.equal(theta.detach(), theta0):
-                raise FoloraError(f"LaLoRA's restored curvature was measured at another initialization of "
-                                  f"{theta._folora_name} than this run's adapter starts from; remove the cached "
-                                  f"calibration (make clean-cache) or run with calibration_cache=false.")
+                raise FoloraError(f"LaLoRA's restored curvature (from a checkpoint or the calibration cache) was "
+                                  f"measured at another initialization of {theta._folora_name} than this run's "
+                                  f"adapter starts from: run with calibration_cache=false, or delete the run folder's "
+                                  f"checkpoint/ to start the run afresh.")
 
 
 def _sequence_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,8 @@ def adapter_input_cast_once(model: torch.nn.Module):
     forward."""
     from peft.tuners.lora import Linear as LoraLinear
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and isinstance(m.base_layer, torch.nn.Linear)]
+    # a layer that already has its own forward (an outer context, an offloading hook) is left to it
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear) and "forward" not in vars(m)]
     for layer in layers:
         layer.forward = functools.partial(_cast_once_forward, layer)
     try:
@@ -115,13 +116,20 @@ def _cast_once_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
              and layer.lora_A[names[0]].weight.dtype == torch.float32
              and torch.is_autocast_enabled(x.device.type)
              and torch.get_autocast_dtype(x.device.type) == torch.bfloat16)
-    if not plain:
+    modules = (layer.base_layer, layer.lora_A[names[0]], layer.lora_B[names[0]]) if plain else ()
+    if not plain or not all(type(m) is torch.nn.Linear and not _intercepted(m) for m in modules):
         return type(layer).forward(layer, x, *args, **kwargs)
     name = names[0]
-    base, lora_a, lora_b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
+    base, lora_a, lora_b = modules
     x = x.to(torch.bfloat16)   # what autocast does to the input of each of the three linears
     result = torch.nn.functional.linear(x, base.weight, base.bias)
     # dropout is the identity in eval mode
     adapter = torch.nn.functional.linear(torch.nn.functional.linear(x, lora_a.weight, lora_a.bias), lora_b.weight,
                                          lora_b.bias)
     return result + adapter * layer.scaling[name]
+
+
+def _intercepted(module: torch.nn.Module) -> bool:
+    """A module whose call does more than its class's forward (hooks, an instance-level forward): calling
+    `F.linear` on its weights directly would skip that."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module))

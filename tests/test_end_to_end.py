@@ -178,6 +178,20 @@ def test_same_config_twice_gives_the_same_numbers(tiny_run, tmp_path):
     assert second["timing"]["base_eval_cached"] is True
 
 
+def test_a_run_trains_the_same_whether_its_base_scores_were_computed_or_cached(tmp_path):
+    """lm-eval seeds the global generators when it evaluates; the base evaluation must leave them as it found them,
+    or an adapter's initialization (drawn after it) would depend on the state of the cache. Seed 1, so that lm-eval's
+    own seed 0 cannot coincide with the run's."""
+    env = {"FOLORA_CACHE": str(tmp_path / "cache")}
+    for name in ("cold", "warm"):
+        process = run_folora(tmp_path / name, *TINY, "method=lora", "seed=1", "eval.every=0", env=env)
+        assert process.returncode == 0, process.stderr[-3000:]
+    cold, warm = read_results(tmp_path / "cold"), read_results(tmp_path / "warm")
+    assert cold["timing"]["base_eval_cached"] is False and warm["timing"]["base_eval_cached"] is True
+    assert cold["train"]["loss_curve"] == warm["train"]["loss_curve"]
+    assert cold["metrics"] == warm["metrics"] and cold["kl_to_base"] == warm["kl_to_base"]
+
+
 def test_wandb_logger_writes_an_offline_run(tmp_path):
     run_dir = tmp_path / "wandb-run"
     process = run_folora(run_dir, *[o for o in TINY if not o.startswith("logger=")], "logger=wandb", "train.steps=2")

@@ -124,17 +124,22 @@ def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
     """λ only scales the penalty: a run at another λ finds the curvature another run computed
     (folora/calibration/cache.py), restores anchor and curvature bit for bit, and its penalty is the computed one's
     scaled by the ratio of the λs; what the curvature reads (the estimator, the sample count, the seed, the rank)
-    keys it anew, and a restored curvature measured at another initialization of the adapter is refused."""
+    and the global generator's state A is drawn from key it anew, and a restored curvature measured at another
+    initialization of the adapter is refused."""
     from folora.calibration import cache
     from folora.errors import FoloraError
     from folora.runner import shared_calibration
 
     options = {"curvature": curvature, "curvature_samples": 4, "proxy": PROXY, "rank": 4, "alpha": 8, "dropout": 0.0}
 
+    def key(method, ctx, init_seed=0):
+        torch.manual_seed(init_seed)   # the global generator's state, from which `prepare` draws A
+        return shared_calibration(method, tiny.model, ctx, tiny.fingerprint).key
+
     def run(method, ctx, init_seed=0):
+        torch.manual_seed(init_seed)   # as the runner seeds the run: A's initialization draws from it
         shared = shared_calibration(method, tiny.model, ctx, tiny.fingerprint)
         ctx.calibration = shared.state
-        torch.manual_seed(init_seed)   # as the runner seeds the run: A's initialization draws from it
         model = method.prepare(copy.deepcopy(tiny.model), ctx)
         if shared.state is None:
             cache.save(ctx.cache_dir, shared.key, method.calibration_state())
@@ -157,11 +162,16 @@ def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
                     p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     torch.testing.assert_close(swept.regularizer(swept_model), 5.0 * computed.regularizer(model))
 
-    for other, ctx in ((LaLoRA(**{**options, "curvature": "diag-sampled"}), context(tiny, tmp_path)),
-                       (LaLoRA(**{**options, "curvature_samples": 3}), context(tiny, tmp_path)),
-                       (LaLoRA(**{**options, "rank": 2}), context(tiny, tmp_path)),
-                       (LaLoRA(**options), dataclasses.replace(context(tiny, tmp_path), seed=1))):
-        assert shared_calibration(other, tiny.model, ctx, tiny.fingerprint).key != first.key
+    assert key(LaLoRA(lam=2.0, **options), context(tiny, tmp_path)) == first.key
+    for other, ctx, init_seed in ((LaLoRA(**{**options, "curvature": "diag-sampled"}), context(tiny, tmp_path), 0),
+                                  (LaLoRA(**{**options, "curvature_samples": 3}), context(tiny, tmp_path), 0),
+                                  (LaLoRA(**{**options, "rank": 2}), context(tiny, tmp_path), 0),
+                                  (LaLoRA(**options), dataclasses.replace(context(tiny, tmp_path), seed=1), 0),
+                                  (LaLoRA(**options), context(tiny, tmp_path), 1)):   # another A
+        assert key(other, ctx, init_seed) != first.key
 
+    # handed a curvature measured through another A (a checkpoint's, say), prepare refuses it
+    ctx = dataclasses.replace(context(tiny, tmp_path), calibration=computed.calibration_state())
+    torch.manual_seed(1)
     with pytest.raises(FoloraError, match="another initialization"):
-        run(LaLoRA(lam=2.0, **options), context(tiny, tmp_path), init_seed=1)
+        LaLoRA(lam=2.0, **options).prepare(copy.deepcopy(tiny.model), ctx)

@@ -210,9 +210,54 @@ def test_adapters_cast_their_input_once_with_every_output_bit_identical_to_peft(
     assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, LoraLinear))
 
 
-def test_the_suite_scores_an_adapter_exactly_as_peft_under_bf16(tiny):
+def test_the_cast_once_forward_keeps_biases_and_leaves_other_layouts_to_peft(monkeypatch):
+    """On linears with biases (the frozen layer's and `lora_bias`'s) the cast-once output is PEFT's bit for bit; a
+    merged adapter, a disabled one, a hooked layer and fp32 all run PEFT's own forward; contexts nest."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import Linear as LoraLinear
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.GELU(), torch.nn.Linear(40, 8))
+    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"], lora_bias=True)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    x = torch.randn(6, 24)
+    cpu = torch.device("cpu")
+    with torch.no_grad(), precision.autocast("bf16", cpu):
+        expected = model(x)
+    peft_forward, calls = LoraLinear.forward, []
+
+    def counted(layer, *args, **kwargs):
+        calls.append(layer)
+        return peft_forward(layer, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLinear, "forward", counted)
+    with torch.no_grad(), precision.adapter_input_cast_once(model), precision.adapter_input_cast_once(model):
+        with precision.autocast("bf16", cpu):
+            assert torch.equal(model(x), expected) and not calls
+        model(x)                                                    # fp32: PEFT's
+        assert len(calls) == 2
+        handle = model.base_model.model[0].base_layer.register_forward_hook(lambda *a: None)
+        with precision.autocast("bf16", cpu):
+            model(x)                                                # a hooked frozen layer: PEFT's, for that layer
+            assert len(calls) == 3
+            handle.remove()
+            with model.disable_adapter():
+                model(x)                                            # disabled: PEFT's
+            assert len(calls) == 5
+            model.merge_adapter()
+            model(x)                                                # merged: PEFT's
+            assert len(calls) == 7
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, LoraLinear))
+
+
+def test_the_suite_scores_an_adapter_exactly_as_peft_under_bf16(tiny, monkeypatch):
     """Through lm-eval: every item's per-document outcome of the suite with the cast-once forward (as runs evaluate)
-    equals the one PEFT's own forward gives."""
+    equals the one PEFT's own forward gives, and the cast-once forward is the one that ran."""
+    from peft.tuners.lora import Linear as LoraLinear
+
     from folora.evals.suite import evaluate_lm, evaluate_suite, suite_lm
 
     cfg, loaded, _ = tiny
@@ -220,7 +265,10 @@ def test_the_suite_scores_an_adapter_exactly_as_peft_under_bf16(tiny):
     # one item of each request kind: chat generation, few-shot log-likelihood, rolling log-likelihood (bits per byte)
     eval_cfg["items"] = {name: eval_cfg["items"][name] for name in ("math_strict", "capitals", "prose_bpb")}
     model = _adapted(loaded).eval()
+    peft_forward = LoraLinear.forward
+    monkeypatch.setattr(LoraLinear, "forward", lambda *a, **k: pytest.fail("PEFT's forward was called"))
     ours = evaluate_suite(model, loaded.tokenizer, eval_cfg, "bf16")
+    monkeypatch.setattr(LoraLinear, "forward", peft_forward)
     inner = model.get_base_model()
     with precision.fp32_logits(inner):
         peft = evaluate_lm(suite_lm(inner, loaded.tokenizer, eval_cfg, "bf16"), eval_cfg)
