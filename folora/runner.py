@@ -211,6 +211,10 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     with phases("base reference for kl"):
         trajectory = base_trajectory(cfg, model, tokenizer, task, device, eval_precision)
         base_point = trajectory.base_point(model)   # before `prepare`: learning is measured from the base model
+    # Loading, converting, drafting and the base evaluation are cached, and the uncached ones draw from the global
+    # generators (a converted model's initialization, lm-eval's own seeding): training starts from the seed, so a run
+    # is the same whether they ran or not. Where all were cached nothing has drawn yet, and this changes nothing.
+    seed_everything(int(cfg.seed))
     with phases("prepare method"):
         context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
                                 cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,

@@ -10,17 +10,14 @@ outcomes are kept (`folora.evals.outcomes`): the paired comparisons of `folora.e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -127,33 +124,16 @@ def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
     scores: dict[str, dict] = {}
     outcomes: dict[str, dict] = {}
     for (task, chat, limit), group in _group(items).items():
-        with _global_random_state_kept():
-            output = simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=chat, limit=limit,
-                                     bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
-                                     numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
-                                     confirm_run_unsafe_code=any(item.unsafe_code for item in group))
+        output = simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=chat, limit=limit,
+                                 bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
+                                 numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+                                 confirm_run_unsafe_code=any(item.unsafe_code for item in group))
         results = output["results"][task]
         samples = output["samples"].get(task) or group_samples(output["samples"])
         for item in group:
             scores[item.name] = _score(item, results, samples)
             outcomes[item.name] = item_outcomes(item.metric, samples)
     return SuiteResult(scores | aggregates(scores, cfg.get("aggregates") or {}), outcomes)
-
-
-@contextlib.contextmanager
-def _global_random_state_kept():
-    """lm-eval's `simple_evaluate` seeds Python's, NumPy's and torch's global generators (to 0, for its own
-    few-shot sampling). A run's adapter initialization and dropout draw from those generators after the base
-    evaluation, so without this a run whose base scores were computed in-process (an empty cache) would train
-    from another state than the same run finding them cached. Their states are restored on exit."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
 
 
 def aggregates(scores: dict[str, dict], spec) -> dict[str, dict]:
