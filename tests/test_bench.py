@@ -90,7 +90,7 @@ def test_generation_throughput_counts_generated_tokens_both_ways():
 @pytest.mark.slow   # two runs through the entry point, each with two suite evaluations: minutes even on tiny-random
 def test_bench_times_the_default_run_cold_and_warm(tmp_path):
     """The `run` section drives `python -m folora.run` twice on one fresh cache: the warm run finds the base eval
-    cached, and the phase table of each is reported."""
+    cached, gives the cold run's numbers, and the phase table of each is reported."""
     report = bench.main(["model=tiny-random", "sections=run", f"out={tmp_path}", "run_overrides=train.steps=2 "
                          "train.batch_size=4 eval.limit=2 eval.kl.max_tokens=8 task.sizes.train=32 task.sizes.validation=8 "
                          "logger=none train.val_examples=2 method.proxy.num_sequences=8"])
@@ -99,7 +99,8 @@ def test_bench_times_the_default_run_cold_and_warm(tmp_path):
     assert {"load model", "base eval", "train", "final eval"} <= set(cold["phases_s"])
     assert warm["phases_s"]["base eval"] < cold["phases_s"]["base eval"]
     assert cold["precision"]["train"] in ("fp32", "bf16")
-    assert "make run" in bench.render(report)
+    assert warm["same_numbers_as_cold"] is True
+    assert "make run" in bench.render(report) and "equal the cold run's: True" in bench.render(report)
 
 
 def test_the_run_table_lists_every_phase_of_both_runs():

@@ -245,8 +245,9 @@ def overhead(options: dict, device, steps: int, warmup: int, task, tokenizer, ev
 
 def make_run_phases(model: str, precision_name: str, overrides: list[str] = ()) -> dict:
     """The default run through the real entry point, as `make run` runs it: first on an empty cache (cold), then
-    again on the cache it filled (warm). Wall time of the whole process and the run's own phase table."""
-    figures = {}
+    again on the cache it filled (warm). Wall time of the whole process and the run's own phase table, and whether
+    the warm run gave the cold one's numbers (loss curve, every score, KL), as the same config must."""
+    figures, numbers = {}, {}
     with tempfile.TemporaryDirectory(prefix="folora-bench-run-") as cache:
         env = {**os.environ, "FOLORA_CACHE": cache}
         for label in ("cold", "warm"):
@@ -259,4 +260,6 @@ def make_run_phases(model: str, precision_name: str, overrides: list[str] = ()) 
             figures[label] = {"wall_s": time.perf_counter() - start, "phases_s": results["timing"]["phases_s"],
                               "train_tokens_per_s": results["timing"]["train_tokens_per_s"],
                               "precision": results.get("precision")}
+            numbers[label] = [results["train"]["loss_curve"], results["metrics"], results["kl_to_base"]]
+    figures["warm"]["same_numbers_as_cold"] = numbers["warm"] == numbers["cold"]
     return figures
