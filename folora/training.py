@@ -298,7 +298,7 @@ def validation_loss(model: torch.nn.Module, examples: list[dict], *, pad_id: int
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
-        with precision.autocast(precision_used, device), precision.adapter_input_cast_once(model):
+        with precision.autocast(precision_used, device):
             total += float(token_loss_sum(model, batch))
         count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     return total / max(1, count)

@@ -42,8 +42,7 @@ def next_token_logprobs(model: torch.nn.Module, encoded: list[torch.Tensor], dev
     """log p(next token) at every position of every prompt, one prompt at a time (no padding effects), from fp32
     logits at any precision."""
     out = []
-    with (precision.autocast(precision_used, device), precision.fp32_logits(model),
-          precision.adapter_input_cast_once(model)):
+    with precision.autocast(precision_used, device), precision.fp32_logits(model):
         for ids in encoded:
             logits = model(input_ids=ids[None].to(device)).logits[0].float()
             out.append(torch.log_softmax(logits, dim=-1).cpu())

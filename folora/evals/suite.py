@@ -85,7 +85,7 @@ def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision
     # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
     transformers_model = _transformers_model(model)
     lm = suite_lm(transformers_model, tokenizer, cfg, precision_used)
-    with precision.fp32_logits(transformers_model), precision.adapter_input_cast_once(transformers_model):
+    with precision.fp32_logits(transformers_model):
         return evaluate_lm(lm, cfg)
 
 
