@@ -179,9 +179,9 @@ def test_same_config_twice_gives_the_same_numbers(tiny_run, tmp_path):
 
 
 def test_a_run_trains_the_same_whether_its_base_scores_were_computed_or_cached(tmp_path):
-    """lm-eval seeds the global generators when it evaluates; the base evaluation must leave them as it found them,
-    or an adapter's initialization (drawn after it) would depend on the state of the cache. Seed 1, so that lm-eval's
-    own seed 0 cannot coincide with the run's."""
+    """lm-eval seeds the global generators when it evaluates the base model on an empty cache, and skips that on a
+    filled one; the runner seeds again before `prepare`, or an adapter's initialization (drawn after it) would depend
+    on the state of the cache. Seed 1, so that lm-eval's own seed 0 cannot coincide with the run's."""
     env = {"FOLORA_CACHE": str(tmp_path / "cache")}
     # the math items, one knowledge probe and bits per byte: enough to see a difference, a third of the suite's time
     fewer = [f"~eval.items.{item}" for item in ("humaneval", "code_generated", "instruction_prompt_strict",
