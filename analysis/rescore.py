@@ -5,7 +5,7 @@ function of the base and final per-document outcomes it keeps in `outcomes.json.
 bootstrap's seeding (folora/evals/paired.py); the interval of `kl_to_base` is a bootstrap over the per-prompt values
 the record keeps. When that function changes, the runs already in a table would
 otherwise keep the old intervals beside new runs with the new ones. This recomputes them with the code of the
-checkout (`folora.runner.scored_fields`, the function a run itself uses), rewrites each `results.json` atomically,
+checkout (`folora.records.fields.scored_fields`, the function a run itself uses), rewrites each `results.json` atomically,
 and records what it did under `rescored` (when, the checkout's git SHA, why); the scores themselves, the training
 record and the KL's value are not touched. Running it twice with the same code changes nothing.
 
@@ -23,8 +23,9 @@ from pathlib import Path
 from analysis.compare import recorded_sources
 from folora.evals import outcomes as outcome_files
 from folora.evals import paired
-from folora.results import rewrite_entry, write_json_atomic
-from folora.runner import scored_fields
+from folora.records.fields import scored_fields
+from folora.records.io import write_json_atomic
+from folora.records.run_record import rewrite_entry
 
 REPO = Path(__file__).resolve().parents[1]
 KL_ROUNDING = 1e-5

@@ -24,23 +24,23 @@ import torch
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import FoloraError, require
 from folora.evals.corpora import prose_documents
-from folora.methods import MethodContext, PeftLoRAMethod, linear_layer_names, lora_layers, nested_options
+from folora.methods.base import MethodContext, PeftLoRAMethod, linear_layer_names, lora_layers
+from folora.methods.options import nested_options
 
 CURVATURES = ("diag-empirical", "diag-sampled", "kfac")
 
 
 class LaLoRA(PeftLoRAMethod):
-    def __init__(self, name: str = "lalora", knob: str = "method.lam", *, lam: float = 1.0,
-                 curvature: str = "diag-empirical", curvature_samples: int = 64, data: str = "proxy",
-                 proxy: dict | None = None, **lora_options):
-        super().__init__(name, knob, **lora_options)
+    def __init__(self, *, lam: float, curvature: str, curvature_samples: int, data: str, proxy: dict,
+                 **lora_options):
+        super().__init__(**lora_options)
         require(curvature in CURVATURES, f"method.curvature={curvature!r} is not one of {', '.join(CURVATURES)}.")
         require(data in ("proxy", "corpus"), f"method.data={data!r} must be proxy or corpus.")
         require(lam >= 0, f"method.lam={lam} must be >= 0.")
         require(curvature_samples > 0, f"method.curvature_samples={curvature_samples} must be positive.")
         self.lam, self.curvature, self.samples, self.data = float(lam), curvature, int(curvature_samples), data
         # num_sequences is curvature_samples: the one knob for the amount of curvature data
-        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("num_sequences",))
+        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("num_sequences", "seed"))
         self.anchors: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []   # (θ, θ0, Λ)
         self.kfac: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (M, M0, Ā, Ḡ)·N
         self.stats: dict = {}

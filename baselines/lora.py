@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from folora.methods import PeftLoRAMethod
+from folora.methods.base import PeftLoRAMethod
 
 
 class LoRA(PeftLoRAMethod):
-    """Plain LoRA: PEFT's default initialization, AdamW, no regularizer. Everything is inherited."""
-
-    def __init__(self, name: str = "lora", knob: str = "train.lr", **lora_options):
-        super().__init__(name, knob, **lora_options)
+    """Plain LoRA: PEFT's default initialization, AdamW, no regularizer. Everything is inherited; its options and
+    their values are in conf/method/lora.yaml."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from folora.errors import FoloraError
-from folora.methods import MethodContext, PeftLoRAMethod, lora_layers
+from folora.methods.base import MethodContext, PeftLoRAMethod, lora_layers
 
 NAMED_OFFSETS = ("top", "bottom", "middle")
 
@@ -66,9 +66,8 @@ def svd_slice(weight: torch.Tensor, rank: int, offset, scale: float):
 
 
 class SVDSlice(PeftLoRAMethod):
-    def __init__(self, name: str = "intermediate_pc", knob: str = "method.offset", offset: str | int | float = "middle",
-                 **lora_options):
-        super().__init__(name, knob, **lora_options)
+    def __init__(self, *, offset: str | int | float, **lora_options):
+        super().__init__(**lora_options)
         if isinstance(offset, str) and offset not in NAMED_OFFSETS:
             try:
                 float(offset)

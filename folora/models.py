@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError
-from folora.results import cache_lock
+from folora.records.io import cache_lock
 
 # ChatML, the format of SmolLM2-Instruct and Qwen2.5; used for tokenizers that ship without a template.
 CHATML_TEMPLATE = (

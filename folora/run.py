@@ -12,8 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from folora.checkpoint import Interrupted, hand_over, install_stop_handlers
 from folora.errors import FoloraError
+from folora.training.signals import Interrupted, hand_over, install_stop_handlers
 
 # Nothing is fetched from a model or dataset hub unless the user turns these off deliberately.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,14 +26,15 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from folora.runner import adopt_completed_run, run_experiment
+    from folora.experiment.adopt import adopt_completed_run
+    from folora.experiment.runner import run_experiment
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if cfg.get("skip_completed") and completed(run_dir):
         print(f"[folora] {run_dir} already holds a completed results.json; skipped (skip_completed=true)", flush=True)
         return
-    install_stop_handlers()   # SIGTERM / SIGUSR1: checkpoint at the end of the step, then stop (folora/checkpoint.py)
+    install_stop_handlers()   # SIGTERM / SIGUSR1: checkpoint at the end of the step, then stop (folora/training/signals.py)
     try:
         if not (cfg.get("reuse_from") and adopt_completed_run(cfg, run_dir, overridden(hydra_cfg))):
             run_experiment(cfg, run_dir)
@@ -53,8 +54,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def overridden(hydra_cfg) -> set[str]:
-    """The config paths this job's overrides set (folora/reuse.py: what an adopted run must not differ in)."""
-    from folora.reuse import default_choices, overridden_keys
+    """The config paths this job's overrides set (folora/experiment/adopt.py: what an adopted run must not differ in)."""
+    from folora.experiment.adopt import default_choices, overridden_keys
 
     primary = CONF / f"{hydra_cfg.job.config_name}.yaml"
     return overridden_keys(list(hydra_cfg.overrides.task), default_choices(primary) if primary.is_file() else {})

@@ -12,7 +12,7 @@ from folora import bench
 from folora.bench import flops, sections
 from folora.models import load_model
 from folora.tasks.data import collate, load_task
-from folora.training import token_loss_sum
+from folora.training.loop import token_loss_sum
 
 
 def test_training_flops_per_token_match_pytorchs_flop_counter():

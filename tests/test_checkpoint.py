@@ -1,4 +1,4 @@
-"""Checkpoints and exact resume (folora/checkpoint.py).
+"""Checkpoints and exact resume (folora/training/checkpoint.py).
 
 For every method (each `conf/method/*.yaml`, and FoLoRA with basis refresh): a run resumed from the checkpoint of
 any step has the same loss curve, trajectory and final weights as the same run uninterrupted, on CPU, bit for bit.
@@ -20,14 +20,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from folora import checkpoint
-from folora.checkpoint import Checkpointer
 from folora.errors import FoloraError
-from folora.methods import MethodContext
+from folora.methods.base import MethodContext
+from folora.methods.build import build_method
 from folora.models import load_model
-from folora.runner import build_method, seed_everything
 from folora.tasks.data import load_task
-from folora.training import train
+from folora.training import checkpoint
+from folora.training.checkpoint import Checkpointer
+from folora.training.loop import train
+from folora.training.rng import seed_everything
 from tests.conftest import REPO, TINY, composed, read_results, run_folora
 
 CONF = REPO / "conf"

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from folora.evals import build_data
 from folora.evals.lm_tasks import folora_utils
 from folora.evals.sandbox import check_function
 from folora.tasks import code_problems
+from scripts import build_eval_data as build_data
 
 
 @pytest.fixture(scope="module")

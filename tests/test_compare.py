@@ -44,7 +44,7 @@ def test_a_folder_without_outcomes_is_refused(tmp_path, capsys):
     assert "has no outcomes.json.gz" in capsys.readouterr().err
 
 
-# Runs as the runner records them (`runner.scored_fields`): a target accuracy, a forgetting bits-per-byte item and a
+# Runs as the runner records them (`folora.records.fields.scored_fields`): a target accuracy, a forgetting bits-per-byte item and a
 # preservation accuracy, each run's final outcomes moved from one shared base by its own per-document changes.
 ROLES = {"acc": "target", "bpb": "forgetting", "qa": "preservation"}
 HIGHER_IS_BETTER = {"acc": True, "bpb": False, "qa": True}
@@ -61,7 +61,7 @@ def _scores(outcomes_by_item):
 
 
 def _recorded_run(folder, base, final, kl_per_prompt, method="lora", seed=0):
-    from folora.runner import scored_fields
+    from folora.records.fields import scored_fields
 
     folder.mkdir(parents=True)
     outcomes.save(folder / "outcomes.json.gz", {"base": base, "final": final})

@@ -44,8 +44,7 @@ def test_results_json_is_complete(tiny_run):
 def test_every_headline_has_a_paired_interval_recomputable_from_the_outcomes(tiny_run):
     from analysis.compare import recorded_sources
     from analysis.rescore import rescore
-    from folora import metrics
-    from folora.evals import outcomes
+    from folora.evals import metrics, outcomes
 
     run_dir, _ = tiny_run
     results = read_results(run_dir)
@@ -79,12 +78,12 @@ def test_the_trajectory_starts_at_the_base_model(tiny_run):
 
 
 def test_a_record_without_the_base_point_gets_the_one_its_run_measured(tiny_run, tmp_path):
-    """`python -m folora.base_point` measures the base point of a record written before it existed, as the run
+    """`python -m scripts.base_point` measures the base point of a record written before it existed, as the run
     does: deleted from a record and backfilled, it comes back equal, and the backfill is recorded."""
     import json
     import shutil
 
-    from folora.base_point import main
+    from scripts.base_point import main
 
     run = tmp_path / "runs" / "old"
     shutil.copytree(tiny_run[0], run, ignore=shutil.ignore_patterns("wandb", "adapter", "checkpoint"))
@@ -153,7 +152,7 @@ def test_adapter_loads_with_peft_on_a_fresh_base(tiny_run):
     from peft import PeftModel
 
     from folora.models import load_model
-    from folora.training import collate
+    from folora.training.loop import collate
 
     run_dir, _ = tiny_run
     cfg = OmegaConf.load(run_dir / "config.yaml")

@@ -8,7 +8,7 @@ from folora.calibration import covariance
 from folora.calibration.covariance import accumulate, find_input_groups, token_batches
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.fo_lora import FoLoRA
-from folora.methods import MethodContext, linear_layer_names
+from folora.methods.base import MethodContext, linear_layer_names
 from folora.models import load_model
 from tests.conftest import REPO
 
@@ -122,7 +122,7 @@ def test_runs_that_differ_only_in_training_options_share_one_calibration(tiny, t
     """κ, the gate and A's initialization only steer training: a run that changes them finds the calibration another
     run computed (folora/calibration/cache.py) and restores it bit for bit, and trains exactly as with its own; a
     change to what the calibration reads (the damping, the proxy, the seed, the task examples) computes anew."""
-    from folora.runner import shared_calibration
+    from folora.experiment.caches import shared_calibration
 
     examples = [{"input_ids": list(range(3, 20)), "labels": list(range(3, 20))} for _ in range(4)]
     options = {"proxy": {"num_sequences": 8, "length": 8, "batch_size": 4}, "calibration": {"task_examples": 4}}

@@ -109,7 +109,7 @@ def test_hub_tasks_name_items_of_the_standard_suite(task):
 
 
 def test_aggregates_average_their_items_and_are_not_preservation():
-    from folora import metrics
+    from folora.evals import metrics
     from folora.evals.suite import aggregates
 
     scores = {name: {"value": v, "stderr": 0.03, "n": 100, "higher_is_better": True}

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from folora.evals import build_data
 from folora.evals.lm_tasks import folora_utils
 from folora.tasks import instructions as ins
+from scripts import build_eval_data as build_data
 
 DRAFT = "The answer is simple, and it is very good. It has a long history. People like it. The end is near."
 

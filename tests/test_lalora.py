@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from baselines.lalora import LaLoRA
 from baselines.lora import LoRA
-from folora.methods import MethodContext
+from folora.methods.base import MethodContext
 from folora.models import load_model
 from tests.conftest import REPO
 
@@ -128,7 +128,7 @@ def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
     initialization of the adapter is refused."""
     from folora.calibration import cache
     from folora.errors import FoloraError
-    from folora.runner import shared_calibration
+    from folora.experiment.caches import shared_calibration
 
     options = {"curvature": curvature, "curvature_samples": 4, "proxy": PROXY, "rank": 4, "alpha": 8, "dropout": 0.0}
 

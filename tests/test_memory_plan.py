@@ -10,9 +10,9 @@ import torch
 from folora.errors import FoloraError
 from folora.fo_lora import memory
 from folora.fo_lora.memory import GIB, choose_plan, groups_per_pass_that_fit, memory_plan, top_k_for
-from folora.methods import MethodContext
+from folora.methods.base import MethodContext
+from folora.methods.build import build_method
 from folora.models import load_model
-from folora.runner import build_method
 from folora.tasks.data import load_task
 from tests.conftest import composed
 

@@ -17,11 +17,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from peft import PeftModel
 
-from folora.methods import MethodContext
+from folora.methods.base import MethodContext
+from folora.methods.build import build_method
 from folora.models import load_model
-from folora.runner import build_method, seed_everything
 from folora.tasks.data import load_task
-from folora.training import train
+from folora.training.loop import train
+from folora.training.rng import seed_everything
 from tests.conftest import read_results, run_folora
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -9,9 +9,8 @@ import yaml
 from lm_eval.api.metrics import exact_match_hf_evaluate
 from lm_eval.filters.extraction import RegexFilter
 
-from folora import metrics
 from folora.errors import FoloraError
-from folora.evals import paired
+from folora.evals import metrics, paired
 from folora.evals.suite import bits_per_byte_stderr
 
 TASK_YAML = Path(__file__).resolve().parents[1] / "folora/evals/lm_tasks/folora_math.yaml"

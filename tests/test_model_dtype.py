@@ -16,7 +16,7 @@ BF16 = ["model.dtype=bf16", "train.precision=bf16", "eval.precision=bf16"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_on_bf16_frozen_weights_with_fp32_adapters(method, tmp_path):
-    from folora.training import train
+    from folora.training.loop import train
 
     cfg = tiny(f"method={method}", *BF16, "train.steps=2")
     model, method_obj, task, tokenizer = prepared(cfg, tmp_path)
@@ -45,7 +45,7 @@ def test_a_bf16_model_runs_end_to_end(tmp_path):
 
 def test_bf16_weights_with_an_fp32_precision_are_refused_before_loading(tmp_path):
     from folora.errors import FoloraError
-    from folora.validation import validate_config
+    from folora.experiment.validation import validate_config
     from tests.conftest import composed
 
     done = run_folora(tmp_path, *TINY, "method=lora", "model.dtype=bf16", "train.precision=fp32")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from folora import precision
 from folora.errors import FoloraError
 from folora.tasks.data import collate
-from folora.training import batches, make_trainer, training_step
+from folora.training import precision
+from folora.training.loop import batches, make_trainer, training_step
 from tests.conftest import composed, model_and_task
 
 
@@ -94,8 +94,8 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch_with_less_pad
 
 
 def test_the_base_eval_cache_is_keyed_by_precision(tmp_path, monkeypatch):
-    from folora import runner
     from folora.evals.suite import SuiteResult
+    from folora.experiment import caches
 
     calls = []
 
@@ -103,11 +103,11 @@ def test_the_base_eval_cache_is_keyed_by_precision(tmp_path, monkeypatch):
         calls.append(precision_used)
         return SuiteResult({"x": {"value": precision_used}}, {"x": {"doc_id": [0], "num": [1.0], "den": [1.0], "scale": 1.0}})
 
-    monkeypatch.setattr(runner, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(runner, "evaluate_suite", evaluate)
+    monkeypatch.setattr(caches, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(caches, "evaluate_suite", evaluate)
     suite = tiny_config().eval
     for precision_used, cached in (("bf16", False), ("fp32", False), ("bf16", True)):
-        result, was_cached = runner.cached_base_eval(None, None, suite, "fp", precision_used)
+        result, was_cached = caches.cached_base_eval(None, None, suite, "fp", precision_used)
         assert (result.scores, was_cached) == ({"x": {"value": precision_used}}, cached)
         assert result.outcomes["x"]["num"] == [1.0]     # the per-document outcomes are cached with the scores
     assert calls == ["bf16", "fp32"]
@@ -120,7 +120,7 @@ def test_a_cuda_step_runs_bf16_autocast_with_fp32_state(tiny):
     device = torch.device("cuda")
     assert precision.resolve("auto", device) == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     method = instantiate(tiny_config("method=folora").method)
-    from folora.methods import MethodContext
+    from folora.methods.base import MethodContext
 
     ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=device,
                         cache_dir=Path("/tmp/folora-gpu-test"), model_fingerprint=loaded.fingerprint, precision="bf16")

@@ -1,4 +1,4 @@
-"""Adopting another experiment's run of the same computation (`reuse_from`, folora/reuse.py): the rules that decide
+"""Adopting another experiment's run of the same computation (`reuse_from`, folora/experiment/adopt.py): the rules that decide
 "the same", an adoption through the real entry point (record, outcomes, W&B run), and the cases that must compute."""
 
 import gzip
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from folora.reuse import candidates, default_choices, overridden_keys, same_computation
+from folora.experiment.adopt import candidates, default_choices, overridden_keys, same_computation
 from tests.conftest import REPO, TINY, composed, read_results, run_folora
 from tests.wandb_offline import read_run
 
@@ -34,7 +34,7 @@ def test_a_key_only_the_other_run_has_or_a_different_value_is_another_computatio
 def test_a_methods_learning_rate_is_compared_through_the_one_training_uses():
     """`method.lr` only supplies `train.lr`'s default: knobs' `++method.lr=2e-3` LoRA cell and main's LoRA (no
     `method.lr`) at train.lr 2e-3 are one computation; a different train.lr is not, whatever method.lr says."""
-    from folora.reuse import comparable
+    from folora.experiment.adopt import comparable
 
     knobs = comparable({"method": {"name": "lora", "lr": 0.002}, "train": {"lr": 0.002}})
     main = comparable({"method": {"name": "lora"}, "train": {"lr": 0.002}})
@@ -92,7 +92,7 @@ def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_r
     assert steps == {log["step"] for log in original["train"]["logs"]}
 
     # adopted again from the adopted copy: the origin stays the run that computed it
-    from folora.runner import adopt_completed_run
+    from folora.experiment.adopt import adopt_completed_run
 
     again = composed(*TINY, "experiment=third", f"reuse_from=['{tmp_path}']")
     record = adopt_completed_run(again, tmp_path / "again", overridden_keys(list(TINY), GROUPS))
@@ -101,7 +101,7 @@ def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_r
 
 
 def test_other_data_or_another_config_is_computed_not_adopted(source_run, tmp_path, monkeypatch):
-    from folora.runner import adopt_completed_run
+    from folora.experiment.adopt import adopt_completed_run
 
     root, source = source_run
     changed = tmp_path / "changed"

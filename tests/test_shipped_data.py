@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from folora.evals import build_data
 from folora.tasks import math_problems
+from scripts import build_eval_data as build_data
 
 
 def shipped(name: str) -> str:
@@ -24,7 +24,7 @@ def test_shipped_file_equals_a_rebuild(name):
         pytest.skip(f"{name} was built with {source} {manifest[source]}, this machine has {build_data.source_versions()[source]}")
     for file_name, rebuilt in build_data.data_files(name, build_data.BUILDERS[name]()).items():
         assert shipped(file_name.removesuffix(".jsonl")) == build_data.to_jsonl(rebuilt), \
-            f"{file_name} is stale: run `python -m folora.evals.build_data`"
+            f"{file_name} is stale: run `python -m scripts.build_eval_data`"
 
 
 @pytest.mark.parametrize("probe", ["folora_capitals", "folora_continents", "folora_currencies", "folora_elements"])

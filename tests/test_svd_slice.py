@@ -9,7 +9,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from baselines.svd_slice import SVDSlice, slice_offset, svd_slice
 from folora.errors import FoloraError
-from folora.methods import MethodContext, lora_layers
+from folora.methods.base import MethodContext, lora_layers
 from folora.models import load_model
 from tests.conftest import REPO
 

@@ -1,4 +1,4 @@
-"""The one training step (`folora.training.training_step`): accumulation equals a larger batch, the step does what
+"""The one training step (`folora.training.loop.training_step`): accumulation equals a larger batch, the step does what
 a step must (clip, schedule, NaN check), and a golden loss curve of fixed-seed tiny-random runs catches silent
 numeric drift after a library upgrade.
 
@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from folora.errors import FoloraError
-from folora.methods import MethodContext
+from folora.methods.base import MethodContext
 from folora.models import load_model
-from folora.runner import seed_everything
 from folora.tasks.data import collate, load_task
-from folora.training import Trainer, lr_lambda, make_trainer, train, training_step
+from folora.training.loop import Trainer, lr_lambda, make_trainer, train, training_step
+from folora.training.rng import seed_everything
 from tests.conftest import composed, model_and_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

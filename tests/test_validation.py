@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from folora.errors import FoloraError
-from folora.methods import check_method_options, method_options
-from folora.validation import RULES, validate_config
+from folora.experiment.validation import RULES, validate_config
+from folora.methods.options import check_method_options, method_options
 from tests.conftest import TINY, composed, read_results, run_folora
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -120,7 +120,7 @@ BAD_METHOD_OPTIONS = [
 @pytest.mark.parametrize(("method", "overrides", "phrases"), BAD_METHOD_OPTIONS,
                          ids=[f"{m}:{' '.join(o)}" for m, o, _ in BAD_METHOD_OPTIONS])
 def test_a_bad_method_option_gives_one_message_naming_it(method, overrides, phrases):
-    from folora.runner import build_method
+    from folora.methods.build import build_method
 
     cfg = composed(f"method={method}", *overrides)
     with pytest.raises(FoloraError) as caught:

@@ -5,7 +5,7 @@
 
 1. ceiling   a large matmul (fp32; bf16 where the hardware has it) -> FLOP/s; the training FLOPs per token of the
              model under LoRA (forward + backward through a frozen base) -> the bound in tokens/s.
-2. train     the framework's training loop (folora.training.train, LoRA) and a plain PEFT + transformers loop
+2. train     the framework's training loop (folora.training.loop.train, LoRA) and a plain PEFT + transformers loop
              written the way a user would write it, alternating on the same batches (batch x seq_len tokens):
              tokens/s, ratio to the bound, ratio to the plain loop.
 3. overhead  LoRA and FoLoRA taking turns, one optimizer step each on the same batch of the default run: step
@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 from hydra.utils import get_method
 
-from folora import precision
 from folora.bench.flops import ceiling, predict_8b
 from folora.bench.report import device_name, render
 from folora.bench.sections import (
@@ -56,8 +55,10 @@ from folora.bench.sections import (
 )
 from folora.bench.shapes8b import shapes_8b
 from folora.models import load_model
-from folora.results import package_versions, write_json_atomic
+from folora.records.io import write_json_atomic
+from folora.records.run_record import package_versions
 from folora.tasks.data import load_task
+from folora.training import precision
 
 OPTIONS = {"model": "smollm2-135m", "precision": "auto", "steps": "4", "warmup": "1", "batch_size": "8", "seq_len": "128",
            "sections": "ceiling,train,overhead,eval,scaling", "widths": "64,128,256,512", "ranks": "8,16,32", "run_overrides": "",

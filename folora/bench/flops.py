@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from folora.bench.timing import Clock
-from folora.precision import has_native_bf16
+from folora.training.precision import has_native_bf16
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:

@@ -31,7 +31,7 @@ def render(report: dict) -> str:
     if "train" in report:
         t = report["train"]
         lines += ["training throughput (same batches, best of 3 alternating rounds)",
-                  f"  framework loop (folora.training.train, LoRA): {t['framework']:7.1f} tokens/s  "
+                  f"  framework loop (folora.training.loop.train, LoRA): {t['framework']:7.1f} tokens/s  "
                   f"= {t['framework_to_bound']:.2f} of the bound, MFU {t['model_flops_utilization']:.2f}",
                   f"  plain PEFT + transformers loop:               {t['plain']:7.1f} tokens/s  "
                   f"framework/plain = {t['framework_to_plain']:.3f}", ""]

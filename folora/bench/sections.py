@@ -1,5 +1,5 @@
 """The timed sections of `make bench`. Every training figure comes from the framework's own `training_step`
-(`folora.training`), the one real runs execute; the plain PEFT loop is the comparison a user would write.
+(`folora.training.loop`), the one real runs execute; the plain PEFT loop is the comparison a user would write.
 
 - train     the framework's loop and a plain PEFT + transformers loop, alternating on the same batches;
 - overhead  LoRA and FoLoRA taking turns, one step each on the same batch; FoLoRA's calibration phases;
@@ -23,16 +23,16 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from folora import precision
 from folora.bench.flops import sum_d_cubed, sum_d_squared
 from folora.bench.timing import Clock
-from folora.checkpoint import Checkpointer
-from folora.methods import MethodContext
+from folora.methods.base import MethodContext
 from folora.models import load_model
-from folora.runner import Phases
+from folora.records.timing import Phases
 from folora.tasks.data import IGNORE_INDEX, load_task
 from folora.tasks.drafts import greedy_chat
-from folora.training import TrainSummary, batches, make_trainer, train, training_state, training_step
+from folora.training import precision
+from folora.training.checkpoint import Checkpointer
+from folora.training.loop import TrainSummary, batches, make_trainer, train, training_state, training_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,7 @@ def step_time_side_by_side(cfgs: dict[str, DictConfig], task, tokenizer, device,
 
 
 def checkpoint_cost(trainer, folder: Path, every: int, step_s: float, repeats: int = 3) -> dict:
-    """The run's own checkpoint writes (folora.checkpoint): the calibration once, the training state at each
+    """The run's own checkpoint writes (folora.training.checkpoint): the calibration once, the training state at each
     checkpoint (median of `repeats`), their sizes, and the state write as a share of the steps between two
     checkpoints at the default interval."""
     summary = TrainSummary(steps=1, tokens=0, wall_s=0.0)

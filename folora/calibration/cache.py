@@ -5,9 +5,9 @@ the base model, the task's first training examples, the seed, the precision of i
 method's options, and on none of the options that only steer training: the gate, κ, A's initialization. A sweep
 over κ, or an ablation of the gate, would compute the same bases again in every run; likewise LaLoRA's curvature in
 a sweep over λ, which only scales its penalty. A method says what its
-calibration depends on (`Method.calibration_identity`); the runner keys the cache with that, the model's fingerprint,
-the eval precision, the device type and the digest of the code (`checkpoint.code_digest`: any edit to the code
-computes anew), and hands a cached state to `prepare` as `ctx.calibration`, the path a resumed run takes, so the
+calibration depends on (`Method.calibration_identity`); the cache is keyed by that, the model's fingerprint,
+the eval precision, the device type and the digest of the method's code and every folora module it imports
+(`calibration_identity`, through folora/records/identity.py: an edit to that code computes anew), and hands a cached state to `prepare` as `ctx.calibration`, the path a resumed run takes, so the
 restored calibration is bit-identical to the computed one. A method whose identity is None is not cached.
 
 Files: `$FOLORA_CACHE/calibrations/<key>.pt` (FoLoRA at SmolLM2-135M: about 0.8 GB each; `make clean-cache` removes
@@ -16,22 +16,25 @@ them). Written atomically; a file that cannot be read is computed again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 
-from folora.results import write_atomic
+from folora.records.identity import Identity, code_part, identity
+from folora.records.io import write_atomic
 
 FORMAT = 1
 
 
-def cache_key(identity: dict, *, model_fingerprint: str, precision: str, device: torch.device, code: str) -> str:
-    """The file stem of a calibration: everything it depends on, hashed."""
-    parts = {"identity": identity, "model": model_fingerprint, "precision": precision, "device": device.type,
-             "code": code}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+def calibration_identity(method: type, options: dict, *, model_fingerprint: str, precision: str,
+                         device: torch.device) -> Identity:
+    """What a calibration depends on: the method's own statement of it (`Method.calibration_identity`: the options
+    it reads and fingerprints of the data), the precision and device type of its passes, the base model, and the
+    code of the method's module with every folora module it imports."""
+    return identity("calibration", config={"method": f"{method.__module__}.{method.__qualname__}", **options,
+                                           "precision": precision, "device": device.type},
+                    data={"model": model_fingerprint},
+                    code=code_part(method.__module__, packages=("torch", "transformers", "peft")))
 
 
 def path_of(cache_dir: Path, key: str) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from folora import precision
+from folora.training import precision
 
 
 @dataclass

@@ -5,12 +5,11 @@ them is second order: the output change on these activations is the thing to kee
 penalty and LaLoRA's curvature both use this sampler, so the two are compared on the same data.
 
 Sequences are sampled in batches with the KV cache (`generate`), deduplicated, and cached on disk keyed by the
-model fingerprint, the sampling config and the seed, so a sweep samples once per model.
+model fingerprint, the sampling config, the seed and the sampler's code (folora/records/identity.py), so a sweep samples once per model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +17,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from folora import precision
 from folora.errors import FoloraError, require
-from folora.results import cache_lock, write_json_atomic
+from folora.records.identity import code_part, identity
+from folora.records.io import cache_lock, write_json_atomic
+from folora.training import precision
 
 # Short, topic-neutral openings for `start: seeds`: prose, dialogue, code and lists, so no domain dominates.
 NEUTRAL_SEEDS = ("The", "In", "A", "It", "When", "We", "This", "There", "One", "I", "def", "import", "#", "1.",
@@ -29,15 +29,16 @@ NEUTRAL_SEEDS = ("The", "In", "A", "It", "When", "We", "This", "There", "One", "
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """How proxy sequences are sampled; every field is part of the cache key."""
+    """How proxy sequences are sampled; every field is part of the cache key. The values come from the method's
+    YAML (`method.proxy`, conf/method/folora.yaml) and the run's seed: no defaults here."""
 
-    num_sequences: int = 64
-    length: int = 96            # new tokens sampled after the start token(s)
-    start: str = "bos"          # bos | random_token | seeds
-    temperature: float = 1.0
-    top_p: float = 0.95
-    batch_size: int = 64
-    seed: int = 0
+    num_sequences: int
+    length: int                 # new tokens sampled after the start token(s)
+    start: str                  # bos | random_token | seeds
+    temperature: float
+    top_p: float
+    batch_size: int
+    seed: int
 
     def validate(self) -> None:
         require(self.num_sequences > 0 and self.length > 0,
@@ -60,8 +61,8 @@ def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_f
     """Sample (or load from cache) `cfg.num_sequences` distinct sequences from `model` at a resolved precision
     (the samples differ between fp32 and bf16, so the precision is part of the cache key)."""
     cfg.validate()
-    spec = {"model": model_fingerprint, **asdict(cfg), "precision": precision_used}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    key = identity("proxy", config={**asdict(cfg), "precision": precision_used}, data={"model": model_fingerprint},
+                   code=code_part(__name__, packages=("torch", "transformers"))).key
     path = cache_dir / "proxy" / f"{key}.json"
     if not path.is_file():
         with cache_lock(path):   # parallel jobs with the same key: one samples, the others read its samples

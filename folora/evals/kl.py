@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from folora import precision
 from folora.evals import paired
+from folora.training import precision
 
 DEFAULT_PROMPTS = Path(__file__).parent / "lm_tasks" / "data" / "kl_prompts.jsonl"
 

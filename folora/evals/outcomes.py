@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from folora.results import write_bytes_atomic
+from folora.records.io import write_bytes_atomic
 
 SCHEMA_VERSION = 1
 

@@ -21,23 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from folora import precision
+from folora.evals.items import EvalItem, suite_items
 from folora.evals.outcomes import item_outcomes
+from folora.training import precision
 
 LOCAL_TASKS = Path(__file__).parent / "lm_tasks"
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    name: str
-    task: str
-    metric: str
-    higher_is_better: bool = True
-    chat: bool = False
-    limit: int | None = None
-    unsafe_code: bool = False  # the task executes generated code with lm-eval's own executor (humaneval, mbpp)
-    kind: str = "other"        # what the item measures (math, code, instruction, knowledge, language): groups preservation
-    diagnostic: bool = False   # reported with its paired change, kept out of every aggregate (e.g. a zero-shot probe)
+# Suite settings that change no score: precision is keyed apart, and the trajectory's interval scores nothing.
+NOT_SCORED = ("precision", "every")
 
 
 @dataclass
@@ -48,29 +38,9 @@ class SuiteResult:
     outcomes: dict[str, dict] = field(default_factory=dict)
 
 
-def suite_items(cfg: DictConfig) -> list[EvalItem]:
-    items = []
-    for name, spec in cfg["items"].items():
-        spec = OmegaConf.to_container(spec, resolve=True)
-        limit = _min_limit(spec.pop("limit", None), cfg.get("limit"))
-        items.append(EvalItem(name=name, limit=limit, **spec))
-    return items
-
-
-def item_sources(cfg: DictConfig) -> dict[str, str]:
-    """{item: the lm-eval task that scores it}: items of one task are scored on the same documents (paired.py)."""
-    return {item.name: item.task for item in suite_items(cfg)}
-
-
-def _min_limit(item_limit, global_limit):
-    limits = [int(x) for x in (item_limit, global_limit) if x is not None]
-    return min(limits) if limits else None
-
-
 def suite_fingerprint(cfg: DictConfig) -> str:
     """Names what the base-model scores depend on: items, task files, shipped data, lm-eval version."""
-    # precision is keyed apart; the trajectory interval changes no base score
-    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("precision", "every")}
+    spec = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_SCORED}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update(version("lm_eval").encode())
     for path in sorted(LOCAL_TASKS.rglob("*")):

@@ -22,9 +22,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 
 from folora.evals import kl
-from folora.training import validation_loss
+from folora.training.loop import validation_loss
 
 
 @dataclass
@@ -69,3 +70,16 @@ class Trajectory:
                                                 precision_used=self.precision)
         model.train(was_training)
         return point
+
+
+def base_trajectory(cfg: DictConfig, model: torch.nn.Module, tokenizer, task, device: torch.device,
+                    eval_precision: str) -> Trajectory:
+    """The held-out measures of learning and departure (folora/evals/trajectory.py), referenced to `model` as it is
+    now, the base model: its next-token log-probabilities on the KL prompts are what every KL is measured against."""
+    prompt_records = kl.load_prompts(cfg.eval.kl.get("prompts"))
+    prompts = kl.encode_prompts(tokenizer, prompt_records, int(cfg.eval.kl.max_tokens))
+    return Trajectory(every=int(cfg.eval.get("every", 0)), prompts=prompts,
+                      reference=kl.next_token_logprobs(model, prompts, device, eval_precision),
+                      plain_text=[not p.get("chat", False) for p in prompt_records], tokenizer=tokenizer,
+                      val_examples=task.validation[: int(cfg.train.val_examples)], pad_id=tokenizer.pad_token_id,
+                      device=device, precision=eval_precision)

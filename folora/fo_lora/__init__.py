@@ -1,5 +1,5 @@
 """FoLoRA: LoRA trained by gated Adam in a generalized-Rayleigh spectral basis, calibrated on data the base model
-samples itself. A peer of the methods in `baselines/`: it implements the same `folora.methods.Method` interface
+samples itself. A peer of the methods in `baselines/`: it implements the same `folora.methods.base.Method` interface
 and the runner drives it without knowing it.
 
 - `method`      the `FoLoRA` method class (calibration, optimizer wiring, basis refresh, live statistics);

@@ -30,14 +30,14 @@ from folora.errors import require
 from folora.fo_lora.gated_adam import GATES, GatedSpectralAdam
 from folora.fo_lora.memory import BASIS_DTYPES, check_fits, choose_plan, device_memory, top_k_for
 from folora.fo_lora.spectral import Basis, solve
-from folora.methods import (
+from folora.methods.base import (
     MethodContext,
     PeftLoRAMethod,
     check_rank,
     linear_layer_names,
     lora_layers,
-    nested_options,
 )
+from folora.methods.options import nested_options
 from folora.tasks.data import collate
 
 
@@ -45,9 +45,9 @@ from folora.tasks.data import collate
 class CovarianceCalibration:
     """How the covariances are gathered: which task examples form C_t, in what batches, how many groups at once."""
 
-    task_examples: int = 64              # training examples whose tokens form C_t
-    batch_size: int = 8
-    groups_per_pass: int | str | None = "auto"   # input groups per covariance pass; auto: as many as memory allows
+    task_examples: int                   # training examples whose tokens form C_t
+    batch_size: int
+    groups_per_pass: int | str | None    # input groups per covariance pass; auto: as many as memory allows
 
     def __post_init__(self):
         require(self.task_examples > 0 and self.batch_size > 0,
@@ -59,13 +59,11 @@ class CovarianceCalibration:
 
 
 class FoLoRA(PeftLoRAMethod):
-    def __init__(self, name: str = "folora", knob: str = "method.kappa", *, kappa: float = 1.0, gate: str = "rational",
-                 tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, a_init: str = "kaiming",
-                 damping: float = 1e-4, top_k: int | str | None = None, top_k_fraction: float = 0.25,
-                 top_k_min_dim: int = 4096, b_damping: float = 1e-6, basis_dtype: str = "auto",
-                 refresh_every: int = 0, refresh_ema: float = 0.9, proxy: dict | None = None,
-                 calibration: dict | None = None, **lora_options):
-        super().__init__(name, knob, **lora_options)
+    def __init__(self, *, kappa: float, gate: str, tau: float, gate_a: bool, gate_b: bool, a_init: str,
+                 damping: float, top_k: int | str | None, top_k_fraction: float, top_k_min_dim: int, b_damping: float,
+                 basis_dtype: str, refresh_every: int, refresh_ema: float, proxy: dict, calibration: dict,
+                 **lora_options):
+        super().__init__(**lora_options)
         require(gate in GATES, f"method.gate={gate!r} is not one of {', '.join(GATES)}.")
         require(kappa >= 0, f"method.kappa={kappa} must be >= 0 (0 turns the gates off).")
         require(a_init in ("kaiming", "spectral"), f"method.a_init={a_init!r} must be kaiming or spectral.")
@@ -86,7 +84,7 @@ class FoLoRA(PeftLoRAMethod):
         self.basis_dtype = BASIS_DTYPES.get(basis_dtype, torch.float32)   # auto: settled by the memory plan
         require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
         require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
-        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig)
+        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("seed",))   # the run's seed
         self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration, CovarianceCalibration))
         self.bases: dict[str, Basis] = {}
         self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter, Basis]] = []

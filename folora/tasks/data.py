@@ -15,6 +15,8 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError
+from folora.models import cache_dir
+from folora.tasks.drafts import BaseModelDrafter
 
 IGNORE_INDEX = -100
 
@@ -173,3 +175,10 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(e["labels"])
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def load_task_data(cfg: DictConfig, loaded, model: torch.nn.Module, device: torch.device, eval_precision: str):
+    """The task's examples; drafts a task asks of the base model are generated (once, then cached) by `model`."""
+    drafter = BaseModelDrafter(model, loaded.tokenizer, device=device, cache_dir=cache_dir(), precision=eval_precision,
+                               model_fingerprint=loaded.fingerprint, **cfg.task.get("draft_options", {}))
+    return load_task(cfg.task, loaded.tokenizer, drafter)

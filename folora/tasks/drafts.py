@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from folora.precision import autocast
-from folora.results import cache_lock, write_json_atomic
+from folora.records.identity import code_part, identity
+from folora.records.io import cache_lock, write_json_atomic
+from folora.training.precision import autocast
 
 
 class BaseModelDrafter:
@@ -24,8 +25,11 @@ class BaseModelDrafter:
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
 
     def __call__(self, requests: list[str]) -> list[str]:
-        spec = [self.fingerprint, self.max_new_tokens, self.precision, requests]
-        key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:20]
+        requested = hashlib.sha256(json.dumps(requests).encode()).hexdigest()[:16]
+        key = identity("drafts", config={"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
+                                         "precision": self.precision},
+                       data={"model": self.fingerprint, "requests": requested},
+                       code=code_part(__name__, packages=("torch", "transformers"))).key
         path = self.cache_dir / f"{key}.json"
         if not path.is_file():
             with cache_lock(path):   # parallel jobs: one drafts, the others read its drafts

@@ -24,7 +24,7 @@ def load_local(data_file: str, fewshot_file: str | None = None, **_metadata) -> 
 def _load_jsonl(name: str) -> datasets.Dataset:
     path = DATA_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; rebuild it with `python -m folora.evals.build_data`.")
+        raise FileNotFoundError(f"{path} is missing; rebuild it with `python -m scripts.build_eval_data`.")
     return datasets.load_dataset("json", data_files=str(path), split="train")
 
 

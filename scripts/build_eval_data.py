@@ -13,7 +13,7 @@ without folora. Everything is derived deterministically from sources that are in
   text: the `forgetting` score);
 - kl_prompts: held-out prose, code and math prompts for the KL divergence to the base model.
 
-Run `python -m folora.evals.build_data` to rebuild; a test checks that the shipped files equal a rebuild.
+Run `python -m scripts.build_eval_data` to rebuild; a test checks that the shipped files equal a rebuild.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from folora.evals.corpora import prose_documents, stdlib_code_documents
 from folora.tasks import code_problems, instructions, math_problems
 
-DATA_DIR = Path(__file__).parent / "lm_tasks" / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "folora" / "evals" / "lm_tasks" / "data"
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
               "SA": "South America", "AN": "Antarctica"}
 FEWSHOT_POOL = 12   # records per knowledge task set apart for few-shot examples, never scored

@@ -1,4 +1,4 @@
-"""Add the base model's point to completed runs recorded before it was measured: `python -m folora.base_point FOLDER...`
+"""Add the base model's point to completed runs recorded before it was measured: `python -m scripts.base_point FOLDER...`
 
 A run records `train.base_point`: the trajectory's measures (target validation loss, bits per byte of the held-out
 text) on the base model, before the method's `prepare` (folora/evals/trajectory.py). Learning
@@ -7,15 +7,15 @@ step 0 instead, the model after `prepare`: the same model for a method whose ada
 FoLoRA), a slightly different one for the SVD slice, whose residual weight plus adapter equals the base weight only
 up to rounding.
 
-This computes the base point of each completed record with the function a run uses (`runner.base_trajectory`),
+This computes the base point of each completed record with the function a run uses (`folora.evals.trajectory.base_trajectory`),
 on the record's own model, task data and eval precision, each checked against the record's fingerprints, and
 writes it into the record atomically with `backfilled` (when, the checkout's git SHA, which field, why). One
 computation serves every record of the same model, task data, KL prompts and precision. It prints, per record, the
 base point's validation loss beside step 0's: equal for a method whose adapter starts at zero, which checks the
 backfill against what the run itself measured.
 
-    python -m folora.base_point results/main/runs results/knobs/runs --why "learning measured from the base model"
-    python -m folora.base_point results --check      # which records lack it; computes nothing, writes nothing
+    python -m scripts.base_point results/main/runs results/knobs/runs --why "learning measured from the base model"
+    python -m scripts.base_point results --check      # which records lack it; computes nothing, writes nothing
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from folora import precision
 from folora.errors import FoloraError
+from folora.evals.trajectory import base_trajectory
 from folora.models import load_model
-from folora.results import rewrite_entry, write_json_atomic
-from folora.runner import base_trajectory, load_task_data, pick_device
+from folora.records.io import write_json_atomic
+from folora.records.run_record import rewrite_entry
+from folora.tasks.data import load_task_data
+from folora.training import precision
+from folora.training.device import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +104,7 @@ def backfill(paths: list[Path], why: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m folora.base_point", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.base_point", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="folders searched for results.json (recursively)")
     parser.add_argument("--why", default="", help="recorded with each rewritten record")
     parser.add_argument("--check", action="store_true", help="list the records without a base point; write nothing")

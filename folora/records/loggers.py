@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 
 class NullLogger:
     def start(self, run_dir: Path, config: dict, *, name: str, group: str, job_type: str, tags: list[str]) -> None:
         """A run resumed from a checkpoint logs the stopped attempt's history again before going on
-        (folora.training.replay), so each attempt's logger run holds the whole history up to where it ended."""
+        (folora.training.loop.replay), so each attempt's logger run holds the whole history up to where it ended."""
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         pass
@@ -58,3 +60,19 @@ class WandbLogger(NullLogger):
             self.run.summary["status"] = status
             self.run.finish(exit_code=0 if status == "completed" else 1)
             self.run = None
+
+
+def start_logger(logger, cfg: DictConfig, run_dir: Path, config: dict, extra_tags: list[str] = ()) -> None:
+    """A logger run for this run folder: the resolved `config` with the keys a dashboard groups by, in the
+    experiment's group, typed by method and tagged with task, model and eval suite."""
+    logger.start(run_dir, config | grouping_keys(cfg), name=run_dir.name, group=cfg.experiment,
+                 job_type=cfg.method.name, tags=[f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+                                                 f"eval:{cfg.eval.name}", *extra_tags])
+
+
+def grouping_keys(cfg: DictConfig) -> dict:
+    """Flat keys a dashboard groups and filters runs by (the resolved config nests them under method/task/model)."""
+    knob = str(cfg.method.get("knob", ""))
+    return {"method_name": cfg.method.name, "knob": knob, "knob_value": OmegaConf.select(cfg, knob) if knob else None,
+            "task_name": cfg.task.name, "model_name": cfg.model.name, "eval_suite": cfg.eval.name,
+            "seed": int(cfg.seed), "experiment": cfg.experiment, "variant": cfg.get("variant")}

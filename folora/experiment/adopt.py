@@ -25,14 +25,28 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from folora.checkpoint import EXECUTION_KEYS, flat_config, without_keys
-from folora.results import write_bytes_atomic, write_json_atomic
+from folora.errors import FoloraError
+from folora.experiment.record import provenance
+from folora.experiment.validation import validate_config
+from folora.models import load_model
+from folora.records.fields import eval_metrics, summary_metrics
+from folora.records.identity import EXECUTION_KEYS, REPO, Identity, flat_config, identity, without_keys
+from folora.records.io import write_bytes_atomic, write_json_atomic
+from folora.records.loggers import start_logger
+from folora.records.run_record import host_info
+from folora.tasks.data import load_task_data
+from folora.training import precision
+from folora.training.device import apply_threads, pick_device
+from folora.training.loop import replay
 
 LABEL_KEYS = ("variant",)   # names a run; what a variant changes is in its overrides, which are compared
 # Keys that reach the computation only through another key that is compared: `method.lr` is `train.lr`'s default
@@ -45,6 +59,12 @@ def comparable(config: dict) -> dict:
     """The flat resolved config less labels, execution keys and keys read only through another compared key: what
     decides the numbers a run computes."""
     return without_keys(flat_config(config), (*EXECUTION_KEYS, *LABEL_KEYS, *SOURCE_KEYS))
+
+
+def adoption_identity(config: dict, data: dict | None) -> Identity:
+    """What a cell is adopted by: its comparable config and the fingerprints of the data it read (`provenance`).
+    No code part: a grid's cells may come from several commits, each record naming its own."""
+    return identity("adoption", config=comparable(config), data=data or {})
 
 
 def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:
@@ -96,7 +116,7 @@ def default_choices(primary: Path) -> dict[str, str]:
 def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir: Path) -> list[tuple[Path, dict]]:
     """(results.json path, its record) of the completed runs under `roots` (searched recursively) whose config
     computes what `cfg` does, newest first."""
-    mine = comparable(OmegaConf.to_container(cfg, resolve=True))
+    mine = adoption_identity(OmegaConf.to_container(cfg, resolve=True), None).config
     own = run_dir.resolve()
     found = []
     for root in roots:
@@ -107,7 +127,7 @@ def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue   # a record being written, or not ours: never adopt what cannot be read
-            if record.get("status") == "completed" and same_computation(mine, comparable(record.get("config", {})),
+            if record.get("status") == "completed" and same_computation(mine, adoption_identity(record.get("config", {}), None).config,
                                                                          overridden):
                 found.append((path, record))
     return sorted(found, key=lambda f: f[1].get("finished_at", ""), reverse=True)
@@ -118,9 +138,6 @@ def adopt(source: Path, record: dict, cfg: DictConfig, run_dir: Path, logger, ho
     with its per-document outcomes; log it as a completed logger run (the training history replayed, the final
     scores, the summary). The folder never holds a completed results.json with other files than its own: the record
     is marked running first and written completed last."""
-    from folora.runner import eval_metrics, start_logger, summary_metrics
-    from folora.training import replay
-
     record = dict(record)
     origin = record.get("reused_from") or {"results": _shown(source, repo),
                                            "experiment": record["config"].get("experiment"),
@@ -153,3 +170,44 @@ def _shown(path: Path, repo: Path) -> str:
     """A path as committed records show it: relative to the checkout where it lies inside it."""
     path = path.resolve()
     return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+
+
+def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) -> dict | None:
+    """Where `cfg.reuse_from` holds a completed run of this same computation (folora/experiment/adopt.py) on the same data,
+    record it as this run's and return the record; else None, and the run computes its own. Whatever stops an
+    adoption (a config error, a model that does not load, an unreadable source) leaves the run to `run_experiment`,
+    which reports and records a config error as it always does."""
+    try:
+        validate_config(cfg)
+    except FoloraError:
+        return None
+    sources = candidates(cfg, overridden, [Path(p) for p in cfg.get("reuse_from") or []], run_dir)
+    if not sources:
+        return None
+    apply_threads(cfg)
+    try:
+        device = pick_device(cfg.device)
+        loaded = load_model(cfg.model)
+        eval_precision = precision.resolve(cfg.eval.precision, device)
+        data = provenance(cfg, loaded, load_task_data(cfg, loaded, loaded.model.to(device), device, eval_precision))
+        mine = adoption_identity(OmegaConf.to_container(cfg, resolve=True), data)
+    except FoloraError:
+        return None
+    for source, found in sources:
+        if adoption_identity(found.get("config", {}), found.get("data")).data != mine.data:
+            continue
+        logger = None
+        try:
+            logger = instantiate(cfg.logger)
+            record = adopt(source, found, cfg, run_dir, logger,
+                                 host_info() | {"threads": torch.get_num_threads()}, REPO)
+        except Exception as error:   # a source that cannot be copied: the next one, or compute the run
+            if logger is not None:
+                logger.finish("failed")
+            print(f"[folora] could not adopt {source.parent} ({type(error).__name__}: {error}); the run goes on "
+                  f"without it", file=sys.stderr, flush=True)
+            continue
+        print(f"[folora] the same run, on the same data, completed in {source.parent}: its results are recorded "
+              f"here (results.json: reused_from) instead of computing them again", flush=True)
+        return record
+    return None

@@ -16,18 +16,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from folora import precision
-from folora.checkpoint import (
-    Checkpointer,
-    Interrupted,
-    rng_state,
-    set_rng_state,
-    stop_requested,
-    training_section,
-)
 from folora.errors import FoloraError
-from folora.methods import Method
+from folora.methods.base import Method
 from folora.tasks.data import IGNORE_INDEX, collate
+from folora.training import precision
+from folora.training.checkpoint import Checkpointer
+from folora.training.rng import rng_state, set_rng_state
+from folora.training.signals import Interrupted, stop_requested, training_section
 
 
 @dataclass
@@ -230,7 +225,7 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
 
 
 def training_state(trainer: Trainer, summary: TrainSummary, grad_accum: int) -> dict:
-    """Everything the next step depends on, after `summary.steps` steps (see `folora.checkpoint`)."""
+    """Everything the next step depends on, after `summary.steps` steps (see `folora.training.checkpoint`)."""
     weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
     return {"step": summary.steps, "batches_read": summary.steps * grad_accum, "weights": weights,
             "optimizer": trainer.optimizer.state_dict(), "schedule": trainer.schedule.state_dict(),

@@ -19,8 +19,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError, require
-from folora.methods import check_fields, check_method_options, type_matches
-from folora.precision import PRECISIONS
+from folora.methods.options import check_fields, check_method_options, type_matches
+from folora.training.precision import PRECISIONS
 
 ABSENT = object()
 ITEM_KINDS = ("math", "code", "instruction", "knowledge", "language", "other")
@@ -162,7 +162,7 @@ def check_task(task: DictConfig) -> None:
 
 def check_eval_items(suite: DictConfig) -> None:
     """Each item names an lm-eval task and a metric and only keys an item has; aggregates name existing items."""
-    from folora.evals.suite import EvalItem
+    from folora.evals.items import EvalItem
 
     items = suite.get("items")
     require(isinstance(items, DictConfig) and len(items) > 0,

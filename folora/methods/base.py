@@ -19,17 +19,13 @@ learning rate, which `train.lr` takes unless the command line sets it (conf/conf
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import types
-import typing
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
@@ -52,16 +48,16 @@ class MethodContext:
     phase: Callable[[str], AbstractContextManager] = lambda name: nullcontext()
     precision: str = "fp32"   # resolved eval precision: forward passes that only gather statistics may use it
     calibration: dict | None = None   # a resumed run: the method's `calibration_state()`, to use instead of calibrating
-    extras: dict = field(default_factory=dict)
 
 
 class Method:
     """Base class with the defaults every method shares. Subclasses implement `prepare`.
 
     A method's options are the keyword parameters of its `__init__` (and, where that forwards `**options`, of its
-    parents'): `method_options` lists them and `check_method_options` refuses any other key before anything runs."""
+    parents'), without defaults: their values live in the method's YAML (`conf/method/<name>.yaml`), the one place
+    a method's name, knob and defaults are written. `folora.methods.options` checks them before anything runs."""
 
-    def __init__(self, name: str, knob: str, lr: float | None = None):
+    def __init__(self, *, name: str, knob: str, lr: float | None = None):
         self.name = name
         self.knob = knob
         # `lr` is the method's own default learning rate, set in its YAML where the shared default does not suit it.
@@ -118,9 +114,8 @@ class PeftLoRAMethod(Method):
 
     Subclasses change the initialization (`prepare`), the optimizer, the regularizer or the export."""
 
-    def __init__(self, name: str, knob: str, rank: int = 16, alpha: float = 32, dropout: float = 0.05,
-                 target_modules: str | list = "all-linear", lr: float | None = None):
-        super().__init__(name, knob, lr)
+    def __init__(self, *, rank: int, alpha: float, dropout: float, target_modules: str | list, **options):
+        super().__init__(**options)
         check_rank(int(rank))
         require(alpha > 0, f"method.alpha={alpha} must be positive (the adapter's scale is alpha / rank).")
         require(0 <= dropout < 1, f"method.dropout={dropout} must be in [0, 1).")
@@ -176,94 +171,3 @@ def check_rank(rank: int, model: torch.nn.Module | None = None, layer_names: lis
             if rank > limit:
                 raise FoloraError(f"method.rank={rank} is larger than layer {name} ({base.out_features}x{base.in_features}) "
                                   f"allows; choose method.rank <= {limit}.")
-
-
-# --- options ---------------------------------------------------------------------------------------------------
-
-
-def method_options(cls: type) -> dict[str, object]:
-    """{option: type hint} for every keyword a method class accepts: its own `__init__`'s parameters and, where that
-    forwards `**options` to its parent, the parent's, up the class hierarchy."""
-    options: dict[str, object] = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        hints = typing.get_type_hints(klass.__init__)
-        forwards = False
-        for name, parameter in inspect.signature(klass.__init__).parameters.items():
-            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                forwards = True
-            elif name != "self" and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
-                options.setdefault(name, hints.get(name, object))
-        if not forwards:
-            break
-    return options
-
-
-def check_method_options(cfg: DictConfig) -> None:
-    """Refuse a method config with a key its class does not accept (a misspelt `rnak: 8` would otherwise be dropped
-    and the default used without a word) or a value of the wrong type, naming the key and the valid ones."""
-    from hydra.utils import get_class
-
-    target = cfg.get("_target_")
-    require(isinstance(target, str), "The method config has no `_target_` naming its class; see conf/method/lora.yaml.")
-    try:
-        cls = get_class(target)
-    except Exception as error:
-        raise FoloraError(f"method._target_={target!r} cannot be imported ({error}); check conf/method/{cfg.get('name')}.yaml.") from None
-    values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "_target_"}
-    check_fields("method", values, method_options(cls), f"method {cfg.get('name')!r} ({target})")
-
-
-def check_fields(prefix: str, values: dict, fields: dict[str, object], owner: str) -> None:
-    """Every key of `values` is a field, and every value has the field's type (int, float, bool, str, list, dict,
-    their unions and Optional); `prefix` names them as a user writes them on the command line."""
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise FoloraError(f"{', '.join(f'{prefix}.{k}' for k in unknown)}: not an option of {owner}. "
-                          f"Valid options: {', '.join(sorted(fields))}.")
-    for key, value in values.items():
-        expected = fields[key]
-        if not type_matches(value, expected):
-            raise FoloraError(f"{prefix}.{key}={value!r} is a {type(value).__name__}; {owner} expects "
-                              f"{type_name(expected)} here.")
-
-
-def nested_options(prefix: str, values, schema: type, exclude: tuple[str, ...] = ()) -> dict:
-    """A method's nested option block (e.g. `method.proxy`) as a plain dict, checked against the fields of the
-    dataclass `schema` that consumes it (less `exclude`, the fields the method sets itself)."""
-    if values is None:
-        return {}
-    plain = OmegaConf.to_container(values, resolve=True) if isinstance(values, DictConfig) else dict(values)
-    hints = typing.get_type_hints(schema)
-    fields = {f.name: hints[f.name] for f in dataclasses.fields(schema) if f.name not in exclude}
-    check_fields(prefix, plain, fields, f"{prefix} ({schema.__name__})")
-    return plain
-
-
-def type_matches(value, hint) -> bool:
-    """Whether a plain config value (after OmegaConf.to_container) fits a type hint. bool is not an int here, and
-    an int is a valid float."""
-    if hint is object or hint is typing.Any:
-        return True
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(type_matches(value, part) for part in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint) or hint
-    if origin is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin)
-
-
-def type_name(hint) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(type_name(part) for part in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
-             dict: "a mapping"}
-    origin = typing.get_origin(hint) or hint
-    return names.get(origin, getattr(origin, "__name__", str(origin)))

@@ -1,0 +1,158 @@
+"""One experiment, top to bottom: check the config -> load -> base eval (cached) -> prepare the method -> train ->
+eval -> export -> record.
+
+The runner knows the Method interface, not the methods: everything method-specific happens behind
+`prepare`, `optimizer`, `regularizer`, `on_step`, `step_metrics`, `summary` and `export`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from folora.errors import FoloraError
+from folora.evals import kl, outcomes
+from folora.evals.suite import evaluate_suite
+from folora.evals.trajectory import base_trajectory
+from folora.experiment.caches import cached_base_eval, prepare_calibrated
+from folora.experiment.record import Outcome, provenance, results_fields
+from folora.experiment.validation import validate_config
+from folora.methods.base import MethodContext
+from folora.methods.build import build_method
+from folora.models import cache_dir, load_model
+from folora.records import report
+from folora.records.fields import eval_metrics, summary_metrics
+from folora.records.identity import REPO
+from folora.records.loggers import start_logger
+from folora.records.run_record import RunRecord
+from folora.records.timing import Phases
+from folora.tasks.data import load_task_data
+from folora.training import precision
+from folora.training.checkpoint import Checkpointer, checkpoint_identity
+from folora.training.device import apply_threads, pick_device
+from folora.training.loop import train, validation_loss
+from folora.training.rng import seed_everything
+from folora.training.signals import Interrupted
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run one experiment and return its completed record; on any error the record is marked failed."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as error:
+        raise FoloraError(f"Could not write the run folder {run_dir}: {error.strerror or error}. Choose a writable "
+                          f"folder (hydra.run.dir=...) or free disk space.") from error
+    record = RunRecord(run_dir / "results.json", resolved, REPO)
+    logger = instantiate(cfg.logger)
+    started = time.perf_counter()
+    try:
+        validate_config(cfg)
+        apply_threads(cfg)
+        record.data["host"]["threads"] = torch.get_num_threads()
+        seed_everything(int(cfg.seed))
+        checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint_identity(cfg, REPO), int(cfg.train.checkpoint_every),
+                                   on_code_change=str(cfg.train.get("on_code_change", "refuse")))
+        start_logger(logger, cfg, run_dir, resolved)
+        outcome = _run(cfg, run_dir, record, logger, checkpoints)
+        record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
+        record.complete()
+        if not cfg.train.get("keep_checkpoint", False):
+            checkpoints.remove()
+        logger.summary(summary_metrics(record.data))
+        logger.finish("completed")
+        print(report.render(record.data), flush=True)
+        print(f"\n[folora] results: {record.path}", flush=True)
+        return record.data
+    except Interrupted as stop:
+        record.data.setdefault("timing", {})["wall_s"] = round(time.perf_counter() - started, 3)
+        record.interrupt(str(stop), stop.step)
+        logger.finish("interrupted")
+        raise
+    except BaseException as error:
+        record.data.setdefault("timing", {})["wall_s"] = round(time.perf_counter() - started, 3)
+        record.fail(error)
+        logger.finish("failed")
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints: Checkpointer) -> Outcome:
+    """The phases of one run, in order; each is timed into `timing.phases_s`. A checkpoint in the run folder (a run
+    that was stopped) is checked first and continued from: its calibration and training state are restored."""
+    device = pick_device(cfg.device)
+    method = build_method(cfg.method)
+    eval_precision = precision.resolve(cfg.eval.precision, device)   # eval, calibration and drafts
+    check_weight_dtype(cfg, device, eval_precision)
+    resume, calibration = checkpoints.load_state(), checkpoints.load_calibration()
+    if resume is not None:
+        print(f"[folora] resuming from the checkpoint of step {resume['step']} in {checkpoints.folder}", flush=True)
+        record.update(resumed_from_step=resume["step"])
+    phases = Phases()
+    with phases("load model"):
+        loaded = load_model(cfg.model)
+        model, tokenizer = loaded.model.to(device), loaded.tokenizer
+    with phases("load task data"):
+        task = load_task_data(cfg, loaded, model, device, eval_precision)
+    record.update(data=provenance(cfg, loaded, task))
+
+    with phases("base eval"):
+        base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint, eval_precision)
+        print(f"[folora] base scores {'from cache' if cached else 'computed and cached'}", flush=True)
+    with phases("base reference for kl"):
+        trajectory = base_trajectory(cfg, model, tokenizer, task, device, eval_precision)
+        base_point = trajectory.base_point(model)   # before `prepare`: learning is measured from the base model
+    # Loading, converting, drafting and the base evaluation are cached, and the uncached ones draw from the global
+    # generators (a converted model's initialization, lm-eval's own seeding): training starts from the seed, so a run
+    # is the same whether they ran or not. Where all were cached nothing has drawn yet, and this changes nothing.
+    seed_everything(int(cfg.seed))
+    with phases("prepare method"):
+        context = MethodContext(tokenizer=tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
+                                cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint, phase=phases,
+                                precision=eval_precision, calibration=calibration)
+        model, cache_summary = prepare_calibrated(method, model, context, checkpoints,
+                                                  use_cache=bool(cfg.get("calibration_cache", True)))
+        if cache_summary is not None:
+            record.update(calibration_cache=cache_summary)
+    with phases("train"):
+        summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
+                        seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
+                        resume=resume)
+    with phases("final eval"):
+        final, kl_score, val_loss = final_evaluation(cfg, model, tokenizer, task, trajectory, device, eval_precision)
+    with phases("export adapter"):
+        method.export(model, run_dir / "adapter")
+    outcomes.save(run_dir / "outcomes.json.gz", {"base": base.outcomes, "final": final.outcomes})
+    logger.log(eval_metrics({item: score["value"] for item, score in final.scores.items()}, kl_score["value"]),
+               summary.steps)
+    return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
+                   base_point=base_point,
+                   precision={"train": summary.precision, "eval": eval_precision},
+                   summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   phases=phases, adapter=run_dir / "adapter")
+
+
+def check_weight_dtype(cfg: DictConfig, device: torch.device, eval_precision: str) -> None:
+    """bf16 frozen weights need bf16 autocast in training and evaluation: refuse the run before loading anything."""
+    if cfg.model.get("dtype", "fp32") == "bf16" and "fp32" in (eval_precision,
+                                                              precision.resolve(cfg.train.precision, device)):
+        raise FoloraError(f"model.dtype=bf16 stores the frozen weights in bf16, which only bf16 autocast can compute "
+                          f"with; here train.precision={cfg.train.precision} and eval.precision={cfg.eval.precision} "
+                          f"resolve to fp32 on {device.type}. Set train.precision=bf16 eval.precision=bf16, or "
+                          f"model.dtype=fp32.")
+
+
+def final_evaluation(cfg: DictConfig, model, tokenizer, task, trajectory, device: torch.device, eval_precision: str):
+    """The tuned model's suite scores, its KL to the base model on the held-out prompts and its target validation
+    loss: (suite result, KL record, validation loss or None)."""
+    final = evaluate_suite(model, tokenizer, cfg.eval, eval_precision)
+    kl_score = kl.kl_to_reference(trajectory.reference,
+                                  kl.next_token_logprobs(model, trajectory.prompts, device, eval_precision))
+    val_examples = task.validation[: int(cfg.train.val_examples)]
+    val_loss = validation_loss(model, val_examples, pad_id=tokenizer.pad_token_id, device=device,
+                               precision_used=eval_precision) if val_examples else None
+    return final, kl_score, val_loss
