@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError
+from folora.records.identity import code_part, identity
 from folora.records.io import cache_lock
 
 # ChatML, the format of SmolLM2-Instruct and Qwen2.5; used for tokenizers that ship without a template.
@@ -95,16 +97,20 @@ def _load_gguf_package(cfg: DictConfig) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = find_package_file(cfg.package, cfg.gguf_file)
-    target = cache_dir() / "models" / cfg.name
+    gguf_sha = _file_sha256(gguf_path)
+    # keyed by the GGUF's bytes and the converting code and packages: a new package release or transformers version
+    # converts again instead of loading a conversion of other weights
+    key = identity("converted_model", config={"name": cfg.name}, data={"gguf_sha256": gguf_sha},
+                   code=code_part(__name__, packages=("transformers", "gguf", "torch"))).key
+    target = cache_dir() / "models" / f"{cfg.name}-{key[:12]}"
     meta_path = target / "folora_model.json"
     if not meta_path.is_file():
         with cache_lock(target):   # parallel jobs: one converts, the others wait and load its result
             if not meta_path.is_file():
                 _convert_gguf(gguf_path, target)
-    meta = json.loads(meta_path.read_text())
     model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(target)
-    return LoadedModel(model, tokenizer, f"{cfg.name}-gguf-{meta['gguf_sha256'][:16]}", cfg.name, path=target)
+    return LoadedModel(model, tokenizer, f"{cfg.name}-gguf-{gguf_sha[:16]}", cfg.name, path=target)
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
@@ -160,7 +166,10 @@ def tiny_tokenizer(vocab_size: int):
     """A byte-level BPE trained on CPython's own docs and sources (deterministic, offline, cached)."""
     from transformers import PreTrainedTokenizerFast
 
-    path = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}"
+    # trained on this Python's own docs and sources by this module's code: both are part of its key
+    key = identity("tokenizer", config={"vocab_size": vocab_size}, data={"python": platform.python_version()},
+                   code=code_part(__name__, packages=("tokenizers",))).key
+    path = cache_dir() / "tokenizers" / f"tiny-bpe-{vocab_size}-{key[:12]}"
     if not (path / "tokenizer.json").is_file():
         with cache_lock(path):   # parallel test processes: one trains it, the others load it
             if not (path / "tokenizer.json").is_file():

@@ -16,8 +16,6 @@ basis recomputed every `refresh_every` steps.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 
@@ -38,6 +36,7 @@ from folora.methods.base import (
     lora_layers,
 )
 from folora.methods.options import nested_options
+from folora.records.identity import fingerprint
 from folora.tasks.data import collate
 
 
@@ -183,7 +182,7 @@ class FoLoRA(PeftLoRAMethod):
         names = linear_layer_names(model, self.lora_config)
         planned = self._groups_and_plan(model, names, ctx)[1]["basis_dtype"]   # `auto` may depend on free memory
         task = ctx.train_examples[: self.calibration.task_examples]
-        tokens = hashlib.sha256(json.dumps([list(map(int, e["input_ids"])) for e in task]).encode()).hexdigest()[:16]
+        tokens = fingerprint([list(map(int, e["input_ids"])) for e in task])
         return {"layers": names, "proxy": dict(self.proxy_options), "seed": ctx.seed,
                 "calibration": dataclasses.asdict(self.calibration), "damping": self.damping, "top_k": self.top_k,
                 "top_k_fraction": self.top_k_fraction, "top_k_min_dim": self.top_k_min_dim, "basis_dtype": planned,

@@ -62,6 +62,12 @@ def identity(kind: str, *, config: dict | None = None, data: dict | None = None,
     return Identity(kind, dict(config or {}), dict(data or {}), dict(code or {}))
 
 
+def fingerprint(value) -> str:
+    """A data fingerprint: 16 hex digits of the SHA-256 of `value` as sorted JSON (task examples, requests, token
+    ids). Records keep these, so the format does not change."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def code_part(*modules: str, files: tuple[Path, ...] = (), packages: tuple[str, ...] = ()) -> dict:
     """The code part of an identity: the digest of `modules` (dotted names) with every local module they import and
     of `files` (folders are read whole; relative paths are relative to the checkout), and the versions of `packages`."""

@@ -3,8 +3,6 @@ format them as chat conversations whose loss falls on the response tokens only."
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError
 from folora.models import cache_dir
+from folora.records.identity import fingerprint as data_fingerprint
 from folora.tasks.drafts import BaseModelDrafter
 
 IGNORE_INDEX = -100
@@ -36,7 +35,7 @@ def load_task(cfg: DictConfig, tokenizer, drafter: Callable[[list[str]], list[st
     splits = {split: _load_records(cfg, split, drafter) for split in ("train", "validation")}
     columns = cfg.columns
     pairs = {split: [_to_pair(r, columns, cfg, index) for index, r in enumerate(records)] for split, records in splits.items()}
-    fingerprint = hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = data_fingerprint(pairs)
     encoded = {split: [encode_example(tokenizer, p, r, int(cfg.max_length)) for p, r in rows] for split, rows in pairs.items()}
     stats = {split: {"examples": len(rows), "tokens": sum(len(e["input_ids"]) for e in rows),
                      "response_tokens": sum(sum(t != IGNORE_INDEX for t in e["labels"]) for e in rows)}

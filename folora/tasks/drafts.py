@@ -5,14 +5,13 @@ already says."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from folora.records.identity import code_part, identity
+from folora.records.identity import code_part, fingerprint, identity
 from folora.records.io import cache_lock, write_json_atomic
 from folora.training.precision import autocast
 
@@ -25,7 +24,7 @@ class BaseModelDrafter:
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
 
     def __call__(self, requests: list[str]) -> list[str]:
-        requested = hashlib.sha256(json.dumps(requests).encode()).hexdigest()[:16]
+        requested = fingerprint(requests)
         key = identity("drafts", config={"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
                                          "precision": self.precision},
                        data={"model": self.fingerprint, "requests": requested},
