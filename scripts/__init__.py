@@ -1,0 +1,1 @@
+"""One-off tools run from the checkout (`python -m scripts.<name>`): data builders and record migrations."""
