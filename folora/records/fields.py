@@ -6,6 +6,7 @@ Pure functions of the base and final scores and per-document outcomes: a run bui
 from __future__ import annotations
 
 from folora.evals import metrics
+from folora.records.headlines import HEADLINES
 
 
 def scored_fields(base: dict, final: dict, base_outcomes: dict, final_outcomes: dict, item_roles: dict[str, str],
@@ -60,10 +61,10 @@ def summary_metrics(data: dict) -> dict:
     """For a logger's run summary, flat: the headline numbers with their interval bounds (`<name>_low`,
     `<name>_high`), the count of preservation items that dropped, and every item's paired change
     (`change/<item>`, with `change_low/<item>` and `change_high/<item>`)."""
-    headlines = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
-                 "kl_to_base": data.get("kl_to_base"), "preservation_mean_change": data["preservation"]["mean_change"]}
     out = {}
-    for name, entry in headlines.items():
+    for name in HEADLINES:   # preservation's headline is its mean normalized change
+        entry = data["preservation"]["mean_change"] if name == "preservation" else data.get(name)
+        name = "preservation_mean_change" if name == "preservation" else name
         out |= _flat(entry, name, f"{name}_low", f"{name}_high")
     for item, record in data["metrics"].items():
         out |= _flat(record.get("change"), f"change/{item}", f"change_low/{item}", f"change_high/{item}")

@@ -3,24 +3,14 @@ headline numbers with their 95% intervals. `*` marks a change whose interval exc
 
 from __future__ import annotations
 
+from folora.records.headlines import format_entry as interval
+
 
 def _fmt(score: dict | None, digits: int = 4) -> str:
     if score is None or score.get("value") is None:
         return "-"
     stderr = score.get("stderr")
     return f"{score['value']:.{digits}f}" + (f" ± {stderr:.{digits}f}" if stderr is not None else "")
-
-
-def interval(entry: dict | None, digits: int = 4, sign: bool = True) -> str:
-    """`+0.0123 [+0.0040, +0.0200] *`: the value, its 95% interval, `*` when the interval excludes zero."""
-    if not entry or entry.get("value") is None:
-        return "-"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    text = f.format(entry["value"])
-    if entry.get("ci"):
-        low, high = entry["ci"]
-        text += f" [{f.format(low)}, {f.format(high)}]"
-    return text + (" *" if entry.get("significant") else "")
 
 
 def render(result: dict) -> str:
@@ -37,7 +27,7 @@ def render(result: dict) -> str:
               f"target_gain   {interval(result['target_gain'])}   (mean change of {_names(roles, 'target')})",
               f"forgetting    {interval(forgetting)}   (bits-per-byte increase on {', '.join(forgetting.get('items', []))}; "
               f"lower is better)",
-              f"kl_to_base    {interval(kl | {'significant': False}, sign=False)}   (nats/token, held-out prompts)",
+              f"kl_to_base    {interval(kl, signed=False, mark=False)}   (nats/token, held-out prompts)",
               f"preservation  {interval(kept['mean_change'])}   (mean over kinds of the normalized change, {kept['items']} items)"]
     for kind, part in kept["by_kind"].items():
         lines.append(f"  {kind:<12}{interval(part['mean_change'])}   ({', '.join(part['items'])})")
