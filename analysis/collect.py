@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-HEADLINES = ("target_gain", "forgetting", "kl_to_base", "preservation")
+from folora.records.headlines import HEADLINES
 
 
 def find_results(roots: list[Path]) -> list[Path]:
@@ -43,22 +43,18 @@ def row(path: Path) -> dict:
 
 
 def _entry(value) -> tuple[float | None, float | None, float | None]:
-    """(value, low, high) from a headline entry: {"value", "ci"} (schema 2) or a bare number (schema 1)."""
-    if isinstance(value, dict):
-        ci = value.get("ci") or (None, None)
-        return value.get("value"), ci[0], ci[1]
-    return value, None, None
+    """(value, low, high) from a recorded interval {"value", "ci"}; Nones where the record has none (a failed run)."""
+    value = value or {}
+    low, high = value.get("ci") or (None, None)
+    return value.get("value"), low, high
 
 
 def val_loss_decrease(train: dict) -> float | None:
     """How much the run learned, measured on the target task's held-out validation text: the base model's
     validation loss minus the tuned model's (nats/token), as forgetting is measured from the base model. Finer than
-    the target gain's few dozen scored problems. The base model's loss is `train.base_point`; a record from before
-    that field gives the trajectory's step 0 instead (the same number for a method whose `prepare` leaves the
-    model's outputs unchanged, as LoRA's B = 0 does). None where the run recorded neither."""
+    the target gain's few dozen scored problems. The base model's loss is `train.base_point`. None where the run
+    measured no validation loss."""
     start = (train.get("base_point") or {}).get("val_loss")
-    if start is None:
-        start = next((p.get("val_loss") for p in train.get("trajectory") or [] if p.get("step") == 0), None)
     end = train.get("validation_loss")
     return start - end if start is not None and end is not None else None
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from folora.evals import outcomes, paired
-from folora.evals.suite import item_sources
-from folora.metrics import headline, item_changes
-
-HEADLINES = ("target_gain", "forgetting", "kl_to_base", "preservation")
+from folora.evals.items import item_sources
+from folora.evals.metrics import headline, item_changes
+from folora.records.headlines import HEADLINES, SIGNED, format_entry, format_interval
 
 
 def compare(run_a: Path, run_b: Path) -> dict:
@@ -99,20 +98,19 @@ def recorded_sources(record: dict) -> dict[str, str]:
     return item_sources(OmegaConf.create(suite)) if suite.get("items") else {}
 
 
-def _interval(interval) -> str:
-    if interval is None:
-        return "-"
-    mark = " *" if interval.low > 0 or interval.high < 0 else ""
-    return f"{interval.value:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]{mark}"
+def _difference(interval: paired.Interval | None) -> str:
+    """A paired difference B − A: signed, `*` where its interval excludes zero."""
+    return "-" if interval is None else format_interval(interval.value, interval.low, interval.high)
 
 
-def _headline_value(entry) -> str:
+def _recorded(name: str, entry) -> str:
+    """A run's recorded headline as its own table writes it: a change read against zero signed, with `*` as recorded;
+    the KL (no zero to exclude) bare. "-" where the record has none (schema 1 kept bare numbers)."""
     if isinstance(entry, dict) and "mean_change" in entry:   # preservation: the mean over kinds
         entry = entry["mean_change"]
-    if not isinstance(entry, dict) or entry.get("value") is None:
+    if not isinstance(entry, dict):
         return "-"
-    low, high = entry.get("ci") or (None, None)
-    return f"{entry['value']:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if low is not None else "")
+    return format_entry(entry, signed=name in SIGNED, mark=name in SIGNED)
 
 
 def render(result: dict) -> str:
@@ -120,10 +118,10 @@ def render(result: dict) -> str:
     lines = [f"A: {a}", f"B: {b}", "", "| item | A final | B final | B − A [95% CI] | gold margin B − A (nats) |",
              "|---|---|---|---|---|"]
     for item, row in result["items"].items():
-        lines.append(f"| {item} | {row['a']:.4f} | {row['b']:.4f} | {_interval(row['difference'])} | "
-                     f"{_interval(row['margin_difference'])} |")
+        lines.append(f"| {item} | {row['a']:.4f} | {row['b']:.4f} | {_difference(row['difference'])} | "
+                     f"{_difference(row['margin_difference'])} |")
     lines += ["", "| headline | A | B | B − A, paired [95% CI] |", "|---|---|---|---|"]
-    lines += [f"| {name} | {_headline_value(v['a'])} | {_headline_value(v['b'])} | {_interval(v.get('difference'))} |"
+    lines += [f"| {name} | {_recorded(name, v['a'])} | {_recorded(name, v['b'])} | {_difference(v.get('difference'))} |"
               for name, v in result["headline"].items()]
     if result.get("unpaired"):
         lines += ["", f"No paired headline difference: {result['unpaired']}"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from experiments.reproduce import CONF, REPO, RUNS_ROOT, ExperimentError, load_experiment, sweep_dir
+from experiments.grid import CONF, REPO, RUNS_ROOT, ExperimentError, load_experiment, sweep_dir
 
 RUN_COLUMNS = ["config:method_name", "config:knob", "config:knob_value", "config:seed", "config:task_name",
                "summary:target_gain", "summary:forgetting", "summary:kl_to_base", "summary:preservation_mean_change",

@@ -149,7 +149,8 @@ def test_methods_compared_by_seed_count_each_seeds_paired_document_interval(tmp_
 
     from analysis.collect import collect
     from analysis.compare import headline_difference
-    from analysis.render import combined_interval, method_comparison
+    from analysis.comparisons import method_comparison
+    from analysis.stats import combined_interval
 
     rng = np.random.default_rng(3)
     base = _shared_base(rng)

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from experiments import dashboard
-from experiments.reproduce import load_experiment
+from experiments.grid import load_experiment
 from tests.conftest import REPO, TINY, run_folora
 from tests.wandb_offline import read_run
 

@@ -16,26 +16,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
-from analysis.render import (
-    focus_comparison,
-    matched_comparison,
-    method_comparison,
-    pareto_front,
-    summarize,
-    variant_comparison,
-)
-from experiments import reproduce
-from experiments.reproduce import (
-    CONF,
-    Cell,
-    ExperimentError,
-    cells,
-    load_experiment,
-    parallel_jobs,
-    run_queue,
-    sweep_commands,
-)
+from analysis.comparisons import focus_comparison, matched_comparison, method_comparison, variant_comparison
+from analysis.stats import pareto_front, summarize
+from experiments import progress
+from experiments.commands import cell_commands, parallel_jobs, sweep_commands
+from experiments.grid import CONF, Cell, ExperimentError, cells, load_experiment
 from experiments.reproduce import main as reproduce_main
+from experiments.running import run_queue, stop_processes
 from tests.conftest import REPO
 
 # The smoke grid with one injected failure: LoRA at a negative learning rate, which the runner refuses.
@@ -155,7 +142,7 @@ def test_the_queue_runs_n_cells_at_a_time_across_methods_and_goes_on_past_a_fail
 
     log.write_text("")
     commands = dict([cell("a0", waits_for="a1"), cell("a1", waits_for="b0", code=3), cell("b0")])
-    seconds = run_queue(commands, jobs=2, poll_s=0.05)
+    seconds = run_queue(commands, jobs=2)
     events = log.read_text().split("\n")
     assert set(seconds) == {"a math seed=0", "a math seed=1", "b math seed=0"}
     assert events.index("end a0") < events.index("start b0") < events.index("end a1")
@@ -174,8 +161,30 @@ def test_a_stopped_queue_lets_its_cells_exit_then_terminates_then_kills_them(tmp
     processes = [subprocess.Popen([sys.executable, "-c", code]) for code in (exits, waits, ignores)]
     while not ready.exists():
         time.sleep(0.05)
-    reproduce._stop(processes, grace_s=3.0, patience_s=1.0)
+    stop_processes(processes, grace_s=3.0, patience_s=1.0)
     assert [p.returncode for p in processes] == [0, -signal.SIGTERM, -signal.SIGKILL]
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)])
+def test_a_signalled_queue_starts_no_further_cell_and_waits_for_its_cells_to_exit(tmp_path, signum, exit_code):
+    """A signal to the process group (`kill -- -PGID`, Ctrl-C) while the queue's one lane runs cell a: a exits on it,
+    the queue exits as the signal says, after a ended (not after its grace period), and b never starts."""
+    log = tmp_path / "log"
+    cell = (f"import pathlib, sys, time; pathlib.Path({str(log)!r}).open('a').write(sys.argv[1] + '\\n'); "
+            f"time.sleep(60)")
+    queue = (f"import sys\nfrom experiments.grid import Cell\nfrom experiments.running import run_queue\n"
+             f"run_queue({{Cell('math', m, 'k', None, 0): [sys.executable, '-c', {cell!r}, m] for m in 'ab'}}, 1)\n")
+    driver = subprocess.Popen([sys.executable, "-c", queue], cwd=REPO, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    end = time.monotonic() + 60
+    while not (log.exists() and log.read_text()) and time.monotonic() < end:
+        time.sleep(0.05)
+    started = time.monotonic()
+    os.killpg(driver.pid, signum)
+    out, _ = driver.communicate(timeout=30)
+    assert driver.returncode == exit_code, out
+    assert time.monotonic() - started < 20 and log.read_text() == "a\n", out
+    assert "start b" not in out and "[reproduce] start a" in out
 
 
 @pytest.mark.parametrize("experiment", ["knobs", "ablations"])
@@ -198,7 +207,7 @@ def test_a_cells_own_command_names_the_folder_its_methods_sweep_gives_it(experim
     spec = load_experiment(experiment, [])
     grid = cells(spec)
     by_sweep = [folders(c) for c in sweep_commands(spec, tmp_path, "basic", ["threads=1"], grid)]
-    by_cell = [folders(c) for c in reproduce.cell_commands(spec, tmp_path, ["threads=1"], grid).values()]
+    by_cell = [folders(c) for c in cell_commands(spec, tmp_path, ["threads=1"], grid).values()]
     assert all(len(names) == 1 for names in by_cell) and len(set.union(*by_cell)) == len(grid)
     assert set.union(*by_cell) == set.union(*by_sweep)
 
@@ -207,8 +216,8 @@ def test_the_queue_resumes_interrupted_cells_first_then_goes_seed_by_seed(tmp_pa
     grid = [Cell("math", method, "k", value, seed) for method in ("a", "b") for value in (1.0, 2.0) for seed in (0, 1)]
     done = pd.DataFrame({"task": "math", "method": ["a", "b", "b"], "seed": [0, 1, 0], "knob_value": [1.0, 2.0, 2.0],
                          "status": ["completed", "running", "failed"], "variant": None})
-    monkeypatch.setattr(reproduce, "collect", lambda folders: done)
-    order = [(c.method, c.value, c.seed) for c in reproduce._not_completed(grid, tmp_path)]
+    monkeypatch.setattr(progress, "collect", lambda folders: done)
+    order = [(c.method, c.value, c.seed) for c in progress.cells_to_run(grid, tmp_path)]
     assert order == [("b", 2.0, 0), ("b", 2.0, 1),                           # left behind: failed, interrupted
                      ("a", 2.0, 0), ("b", 1.0, 0),                           # then seed 0 of every method and value
                      ("a", 1.0, 1), ("a", 2.0, 1), ("b", 1.0, 1)]
@@ -357,7 +366,7 @@ def test_pareto_front_matches_brute_force():
 
 
 def test_wandb_summary_run_logs_the_table_offline(tmp_path):
-    from analysis.render import summarize as _summarize
+    from analysis.stats import summarize as _summarize
     from analysis.wandb_summary import log_summary
 
     frame = pd.DataFrame({"task": ["math"], "method": ["lora"], "knob": ["train.lr"], "knob_value": [5e-4], "seed": [0],
@@ -411,7 +420,7 @@ def test_a_misspelt_variant_stops_before_anything_runs():
 
 
 def test_a_grid_without_variants_keeps_its_folder_and_editing_a_variant_moves_it(tmp_path):
-    from experiments.reproduce import sweep_dir
+    from experiments.grid import sweep_dir
 
     assert sweep_dir(load_experiment("knobs", []), tmp_path).name == "smollm2-135m_embedded_df30e1aa"
     before = sweep_dir(load_experiment("ablations", []), tmp_path)
@@ -440,7 +449,7 @@ def test_a_mean_over_seeds_counts_the_documents_they_share():
     """Seeds that agree exactly still carry the eval set's sampling noise: the interval is the runs' document
     interval, not zero width; without document intervals it is the t interval over seeds; otherwise the two variance
     parts add (Welch–Satterthwaite degrees of freedom), never narrower than the seeds-only interval."""
-    from analysis.render import combined_interval
+    from analysis.stats import combined_interval
 
     z = stats.norm.ppf(0.975)
     same = pd.Series([0.0208, 0.0208])
@@ -463,7 +472,7 @@ def test_a_mean_over_seeds_counts_the_documents_they_share():
 
 
 def test_default_knob_values_come_from_the_configs_and_the_grids_fixed_settings():
-    from experiments.reproduce import default_knob_values
+    from experiments.grid import default_knob_values
 
     spec = load_experiment("knobs", [])
     assert default_knob_values(spec, ["lora", "folora", "lalora"]) == {"lora": 2e-3, "folora": 1.0, "lalora": 1.0}
@@ -502,11 +511,11 @@ def test_a_seed_counts_once_in_a_table_cell():
 
 
 def test_a_single_change_is_marked_by_the_run_it_came_from():
-    from analysis.render import _significant
+    from analysis.stats import change_excludes_zero
 
     runs = pd.DataFrame({"change:x": [np.nan, 0.3], "change_low:x": [-1.0, 0.1], "change_high:x": [1.0, 0.5]})
     changes = pd.to_numeric(runs["change:x"]).dropna()
-    assert _significant(changes, runs, "x")
+    assert change_excludes_zero(changes, runs, "x")
 
 
 def test_two_single_settings_are_not_matched_along_a_curve():
@@ -546,7 +555,7 @@ def test_an_experiment_naming_an_unknown_method_to_compare_with_stops_before_it_
 def test_a_paired_difference_counts_the_documents_noise_of_both_runs():
     """Seeds that agree closely give a narrow t interval; each run's own interval over documents (half width 0.004
     and 0.003) widens it to the tables' combined interval with the difference's document half width 0.005."""
-    from analysis.render import combined_interval
+    from analysis.stats import combined_interval
 
     rows = []
     for seed, difference in enumerate([-0.010, -0.011, -0.009]):
@@ -575,7 +584,7 @@ def test_a_method_is_compared_only_at_its_known_default():
 
 
 def test_a_completed_cell_without_a_metric_reads_not_recorded():
-    from analysis.render import display_table
+    from analysis.tables import display_table
 
     frame = pd.DataFrame({"task": "math", "method": "lora", "knob": "train.lr", "knob_value": [2e-3, 2e-3],
                           "seed": [0, 1], "status": "completed", "target_gain": [0.1, 0.2],
