@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check folora baselines analysis tests
+	$(PY) -m ruff check folora baselines analysis experiments scripts tests
 
 clean-cache:
 	rm -rf $${FOLORA_CACHE:-$$HOME/.cache/folora}

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache, the offline environment, and a helper that runs the real entry point."""
+"""Shared fixtures and helpers: an isolated cache, the offline environment, the real entry point in a subprocess,
+and methods built the one way a run builds them, from their YAML in conf/method/ (the classes carry no defaults)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+# Every method config in conf/method/ (a new YAML there is covered by every test that iterates over methods).
+METHODS = tuple(sorted(path.stem for path in (CONF / "method").glob("*.yaml")))
 TINY = ["model=tiny-random", "train.steps=3", "train.batch_size=4", "train.log_every=1", "train.val_examples=4",
         "eval.limit=3", "eval.every=2", "eval.kl.max_tokens=16", "task.sizes.train=64", "task.sizes.validation=8",
         "logger=none"]
@@ -26,7 +31,7 @@ def offline_cache(tmp_path_factory):
 
 
 def run_folora(run_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m folora.run` in a subprocess, writing into `run_dir`."""
+    """`python -m folora.run` in a subprocess, writing into `run_dir` (a test that calls it is marked `integration`)."""
     command = [sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -41,7 +46,7 @@ def composed(*overrides: str):
     """The run config `python -m folora.run <overrides>` would see, composed in-process."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 
@@ -52,3 +57,44 @@ def model_and_task(cfg):
 
     loaded = load_model(cfg.model)
     return cfg, loaded, load_task(cfg.task, loaded.tokenizer)
+
+
+# --- methods, from their YAML -----------------------------------------------------------------------------------
+
+def method_config(name: str, *overrides: str, **options) -> DictConfig:
+    """`conf/method/<name>.yaml` as a run composes it, with Hydra overrides (`"method.rank=4"`) applied and then
+    `options` merged in (`rank=4`, `proxy={"length": 8}`: a nested block is merged into the YAML's block, so it
+    changes only the keys it names; a key the YAML does not have is refused)."""
+    cfg = composed(f"method={name}", *overrides).method
+    return OmegaConf.merge(cfg, options) if options else cfg
+
+
+def method_from_conf(name: str, *overrides: str, **options):
+    """The method object a run with `method=<name> <overrides>` builds: its options checked against its class, as
+    the run checks them (`check_method_options`), then instantiated (`build_method`). See `method_config`."""
+    from folora.methods.build import build_method
+    from folora.methods.options import check_method_options
+
+    cfg = method_config(name, *overrides, **options)
+    check_method_options(cfg)
+    return build_method(cfg)
+
+
+def proxy_config(**overrides):
+    """A `ProxyConfig` with the values of conf/method/folora.yaml's `proxy` block and seed 0, changed by `overrides`."""
+    from folora.calibration.proxy import ProxyConfig
+
+    block = OmegaConf.to_container(method_config("folora").proxy, resolve=True)
+    return ProxyConfig(**{**block, "seed": 0, **overrides})
+
+
+def method_context(loaded, cache_dir: Path, train_examples=(), **fields):
+    """The `MethodContext` a run hands to `prepare`, for a loaded model (its tokenizer and fingerprint) on the CPU,
+    seed 0, caching in `cache_dir`; `fields` set any other field (seed, device, phase, precision, calibration)."""
+    import torch
+
+    from folora.methods.base import MethodContext
+
+    return MethodContext(**{"tokenizer": loaded.tokenizer, "train_examples": list(train_examples), "seed": 0,
+                            "device": torch.device("cpu"), "cache_dir": Path(cache_dir),
+                            "model_fingerprint": loaded.fingerprint, **fields})

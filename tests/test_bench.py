@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from folora import bench
 from folora.bench import flops, sections
+from folora.methods.build import build_method
 from folora.models import load_model
 from folora.tasks.data import collate, load_task
 from folora.training.loop import token_loss_sum
@@ -23,7 +23,7 @@ def test_training_flops_per_token_match_pytorchs_flop_counter():
     predicted = flops.lora_training_flops_per_token(loaded.model, 160, int(cfg.method.rank))
     examples = sections.fixed_length(load_task(cfg.task, loaded.tokenizer).train, 160)[:4]
     batch = collate(examples, loaded.tokenizer.pad_token_id)
-    model = instantiate(cfg.method).prepare(loaded.model, None).train()
+    model = build_method(cfg.method).prepare(loaded.model, None).train()
     with FlopCounterMode(display=False) as counter:  # the head on every position, as the count assumes
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),

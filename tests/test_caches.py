@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO
 
 # Each process loads the model, then waits until its twin has too, so both miss the cache at the same moment.
@@ -15,22 +17,23 @@ RACER = textwrap.dedent("""
     import hashlib, json, sys, time
     from pathlib import Path
     import torch
-    from folora.calibration.proxy import ProxyConfig, sample_proxy
+    from folora.calibration.proxy import sample_proxy
     from folora.models import load_model
-    from tests.conftest import composed
+    from tests.conftest import composed, proxy_config
 
     mine, twin, cache = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     loaded = load_model(composed("model=tiny-random").model)
     mine.touch()
     while not twin.exists():
         time.sleep(0.01)
-    proxy = sample_proxy(loaded.model, loaded.tokenizer, ProxyConfig(num_sequences=32, length=24, seed=3),
+    proxy = sample_proxy(loaded.model, loaded.tokenizer, proxy_config(num_sequences=32, length=24, seed=3),
                          model_fingerprint=loaded.fingerprint, cache_dir=cache, device=torch.device("cpu"))
     digest = hashlib.sha256(json.dumps(proxy.sequences).encode()).hexdigest()[:12]
     print("cached" if proxy.cached else "computed", digest)
 """)
 
 
+@pytest.mark.integration
 def test_two_jobs_racing_for_the_proxy_cache_compute_it_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     a, b, cache = tmp_path / "a", tmp_path / "b", tmp_path / "cache"

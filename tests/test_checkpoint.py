@@ -21,18 +21,14 @@ import torch
 from omegaconf import OmegaConf
 
 from folora.errors import FoloraError
-from folora.methods.base import MethodContext
 from folora.methods.build import build_method
 from folora.models import load_model
 from folora.tasks.data import load_task
-from folora.training import checkpoint
-from folora.training.checkpoint import Checkpointer
+from folora.training.checkpoint import Checkpointer, checkpoint_identity
 from folora.training.loop import train
 from folora.training.rng import seed_everything
-from tests.conftest import REPO, TINY, composed, read_results, run_folora
+from tests.conftest import METHODS, REPO, TINY, composed, method_context, read_results, run_folora
 
-CONF = REPO / "conf"
-METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 VARIANTS = [[f"method={m}"] for m in METHODS] + [["method=folora", "method.refresh_every=2"]]
 STEPS = 6
 
@@ -48,8 +44,7 @@ def prepared(cfg, tmp_path: Path, calibration: dict | None = None):
     loaded = load_model(cfg.model)
     task = load_task(cfg.task, loaded.tokenizer)
     method = build_method(cfg.method)
-    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
-                        cache_dir=tmp_path / "cache", model_fingerprint=loaded.fingerprint, calibration=calibration)
+    ctx = method_context(loaded, tmp_path / "cache", task.train, calibration=calibration)
     return method.prepare(loaded.model, ctx), method, task, loaded.tokenizer
 
 
@@ -122,6 +117,7 @@ def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: floa
         time.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_sigkill_after_a_checkpoint_then_the_same_command_finishes_with_the_same_numbers(tmp_path, uninterrupted):
     with_wandb = [o for o in RUN if not o.startswith("logger=")] + ["logger=wandb", "train.log_every=1"]
     process = _start(tmp_path, run=with_wandb)
@@ -147,6 +143,7 @@ def test_sigkill_after_a_checkpoint_then_the_same_command_finishes_with_the_same
     assert sorted(losses) == list(range(1, 9))
 
 
+@pytest.mark.integration
 def test_sigterm_checkpoints_the_step_and_stops_as_interrupted(tmp_path):
     log = tmp_path / "stderr.txt"
     overrides = [f"hydra.run.dir={tmp_path / 'run'}", *RUN, "method=lora", "train.steps=400", "train.checkpoint_every=0"]
@@ -170,6 +167,7 @@ def test_sigterm_checkpoints_the_step_and_stops_as_interrupted(tmp_path):
     assert len(record["train"]["loss_curve"]) == 400
 
 
+@pytest.mark.integration
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     process = _start(tmp_path)
     _wait_for_checkpoint(tmp_path, process)
@@ -179,7 +177,7 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     assert other.returncode == 2
     assert "checkpoint of a different run (train.lr: 0.002 in the checkpoint, 0.001 now)" in other.stderr
     # execution settings are not part of what a run computes: resuming with another thread count is allowed
-    assert checkpoint.identity(composed(*RUN, "threads=1"), REPO) == checkpoint.identity(composed(*RUN), REPO)
+    assert checkpoint_identity(composed(*RUN, "threads=1"), REPO) == checkpoint_identity(composed(*RUN), REPO)
 
 
 def test_a_checkpoint_of_other_code_is_refused_or_restarted_as_configured(tmp_path, capsys):
@@ -202,6 +200,7 @@ def test_a_checkpoint_of_other_code_is_refused_or_restarted_as_configured(tmp_pa
     assert Checkpointer(tmp_path / "checkpoint", added, on_code_change="restart").load_state() is None
 
 
+@pytest.mark.integration
 def test_a_corrupted_checkpoint_is_refused(tmp_path):
     folder = tmp_path / "checkpoint"
     folder.mkdir()
@@ -230,6 +229,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
     assert [p.name for p in ckpt.folder.iterdir()] == ["state.pt"]   # no temporary file left behind
 
 
+@pytest.mark.integration
 def test_an_unwritable_result_stops_with_a_message(tmp_path):
     (tmp_path / "results.json").mkdir()   # the result cannot be written there (root ignores permission bits)
     result = run_folora(tmp_path, *TINY, "method=lora")
@@ -243,6 +243,7 @@ def test_the_config_says_how_often_to_checkpoint():
     assert OmegaConf.select(cfg, "threads") is None
 
 
+@pytest.mark.integration
 def test_a_submitit_timeout_signal_requeues_the_job_and_it_resumes(tmp_path):
     """Hydra's submitit_local launcher; the job gets submitit's timeout signal (USR2) mid-training, as the
     launcher's own `_interrupt` test helper sends it: the run checkpoints, submitit requeues it, and the requeued

@@ -1,24 +1,29 @@
-"""Every config file composes, and every method and logger config instantiates."""
-
-from pathlib import Path
+"""Every config file composes and is named after its file, every method and logger config instantiates, and every
+cell of every experiment grid (experiments/*.yaml) composes into a run config that passes the run's checks."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.conftest import CONF, METHODS, REPO, composed
+
 GROUPS = ["model", "task", "method", "eval", "logger"]
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+NAMED = ["model", "task", "method", "eval"]      # groups whose options carry a `name` (the logger's do not)
+BUILT = ["method", "logger"]                     # groups whose options are objects (`_target_`)
 
 
-@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_config_composes(group, option):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"{group}={option}"])
-    if "name" in cfg[group]:
-        assert cfg[group].name == option
-    if group in ("method", "logger"):
-        assert instantiate(cfg[group]) is not None
+def options(*groups: str) -> list[tuple[str, str]]:
+    return [(group, path.stem) for group in groups for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), options(*NAMED), ids=[f"{g}={o}" for g, o in options(*NAMED)])
+def test_every_named_config_composes_under_its_file_name(group, option):
+    assert composed(f"{group}={option}")[group].name == option
+
+
+@pytest.mark.parametrize(("group", "option"), options(*BUILT), ids=[f"{g}={o}" for g, o in options(*BUILT)])
+def test_every_method_and_logger_config_instantiates(group, option):
+    assert instantiate(composed(f"{group}={option}")[group]) is not None
 
 
 def test_every_group_has_options():
@@ -27,16 +32,60 @@ def test_every_group_has_options():
 
 
 def test_task_roles_name_items_of_the_default_suite():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config")
+    cfg = composed()
     for item in list(cfg.task.eval.target) + list(cfg.task.eval.related):
         assert item in cfg.eval["items"]
 
 
-def test_each_method_names_a_knob_that_exists():
-    from omegaconf import OmegaConf
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_names_a_knob_that_exists(method):
+    cfg = composed(f"method={method}")
+    assert OmegaConf.select(cfg, cfg.method.knob) is not None, f"{method}.yaml: knob {cfg.method.knob} not in config"
 
-    for path in sorted((CONF / "method").glob("*.yaml")):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"method={path.stem}"])
-        assert OmegaConf.select(cfg, cfg.method.knob) is not None, f"{path.name}: knob {cfg.method.knob} not in config"
+
+# --- every cell of every experiment --------------------------------------------------------------------------------
+
+EXPERIMENTS = sorted(path.stem for path in (REPO / "experiments").glob("*.yaml"))
+
+
+def cell_overrides(command: list[str]) -> list[str]:
+    """The run config's overrides in a cell's `python -m folora.run -m ...` command: everything after the module and
+    its `-m`, less Hydra's own settings (where the run goes, the launcher), which do not reach the run config."""
+    start = command.index("folora.run") + 1
+    args = command[start + 1:] if command[start] == "-m" else command[start:]
+    return [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+
+def test_every_experiment_file_is_checked():
+    assert {"smoke", "main", "knobs", "ablations", "gpu-main"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_cell_of_an_experiment_composes_into_a_valid_run_config(experiment, tmp_path):
+    """Each cell's own command line (`cell_commands`: the method's sweep narrowed to the cell, as `make
+    reproduce-table JOBS=...` runs it; the grid from `load_experiment` and `cells`, all as experiments.reproduce
+    uses them) composed with Hydra as the run composes it, then checked by the run's own checks
+    (`validate_config`, `check_method_options`); no model is loaded."""
+    from experiments.reproduce import cell_commands, cells, default_knob_values, load_experiment
+    from folora.experiment.validation import validate_config
+    from folora.methods.options import check_method_options
+
+    spec = load_experiment(experiment, [])
+    grid = cells(spec)
+    assert grid, f"experiments/{experiment}.yaml has no cells"
+    commands = cell_commands(spec, tmp_path / "runs", [], grid)
+    defaults = default_knob_values(spec, sorted({cell.method for cell in grid}))
+    assert list(commands) == grid
+    for cell, command in commands.items():
+        overrides = cell_overrides(command)
+        assert not any("," in o for o in overrides), (cell, overrides)   # one cell: no sweep left in its overrides
+        cfg = composed(*overrides)
+        where = f"experiments/{experiment}.yaml, cell {cell}: {' '.join(overrides)}"
+        assert (cfg.experiment, cfg.task.name, cfg.method.name, int(cfg.seed)) == (
+            spec.name, cell.task, cell.method, cell.seed), where
+        assert (cfg.model.name, cfg.eval.name) == (spec.grid.model, spec.grid.eval), where
+        knob_value = defaults[cell.method] if cell.value is None else cell.value
+        assert OmegaConf.select(cfg, cell.knob) == knob_value, where
+        assert cfg.get("variant") == cell.variant, where
+        validate_config(cfg)
+        check_method_options(cfg.method)

@@ -90,6 +90,7 @@ def test_the_definition_round_trips_through_the_librarys_model(smoke_workspace):
     assert [s.name for s in again.sections] == [s.name for s in smoke_workspace.sections]
 
 
+@pytest.mark.integration
 def test_an_offline_run_holds_the_keys_the_panels_read(tmp_path, smoke_workspace):
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("logger=")]
@@ -110,6 +111,7 @@ def test_an_offline_run_holds_the_keys_the_panels_read(tmp_path, smoke_workspace
             "train/gate_a_mean"} <= history
 
 
+@pytest.mark.integration
 def test_without_credentials_the_definition_is_written_and_the_command_says_how_to_save_it(tmp_path):
     out = tmp_path / "dashboard.json"
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"NETRC": str(tmp_path / "no-netrc")}

@@ -7,6 +7,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, read_results, run_folora
 
+pytestmark = pytest.mark.integration
+
 REQUIRED_KEYS = {"status", "config", "metrics", "target_gain", "forgetting", "preservation", "kl_to_base", "train",
                  "timing", "versions", "data", "git", "roles", "method", "outcomes"}
 
@@ -142,10 +144,69 @@ def test_lora_runs_through_the_same_entry_point(tmp_path):
     assert results["timing"]["calibration_s"] == 0
 
 
-def test_the_run_prints_the_before_after_table(tiny_run):
-    _, process = tiny_run
-    for word in ("math_strict", "capitals", "prose_bpb", "target_gain", "forgetting", "preservation", "kl_to_base"):
-        assert word in process.stdout
+def shown_score(score: dict) -> str:
+    """A score as the table shows it: its value, ± its standard error where it has one, 4 decimals."""
+    if score.get("value") is None:
+        return "-"
+    return f"{score['value']:.4f}" + (f" ± {score['stderr']:.4f}" if score.get("stderr") is not None else "")
+
+
+def shown_interval(entry: dict | None, digits: int = 4, signed: bool = True) -> str:
+    """A paired change as the table shows it: `+0.0123 [+0.0040, +0.0200] *` (`*`: the record calls it significant)."""
+    if not entry or entry.get("value") is None:
+        return "-"
+    sign = "+" if signed else ""
+    text = f"{entry['value']:{sign}.{digits}f}"
+    if entry.get("ci"):
+        text += " [{:{s}.{d}f}, {:{s}.{d}f}]".format(*entry["ci"], s=sign, d=digits)
+    return text + (" *" if entry.get("significant") else "")
+
+
+def test_the_run_exits_zero_and_prints_the_table_of_its_record(tiny_run):
+    """The table at the end of the run is `render` of the record it wrote, printed whole before the record's path:
+    a header, one row per eval item of the record (its role, count, base and final scores, paired change and gold
+    margin change, each in its column), then the four headlines with their intervals and the preservation parts."""
+    from folora.records.report import render
+
+    run_dir, process = tiny_run
+    record = read_results(run_dir)
+    assert process.returncode == 0 and record["status"] == "completed"
+    table = render(record)
+    assert f"{table}\n\n[folora] results: {run_dir / 'results.json'}\n" in process.stdout
+
+    lines = table.splitlines()
+    metrics, roles = record["metrics"], record["roles"]
+    rule = lines[1]
+    assert set(rule) == {"-", " "}
+    starts = [i for i, c in enumerate(rule) if c == "-" and (i == 0 or rule[i - 1] == " ")]
+
+    def columns(line: str) -> list[str]:
+        return [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+
+    assert columns(lines[0]) == ["item", "role", "n", "base", "final", "change [95% CI]", "gold margin change (nats)"]
+    rows = lines[2:2 + len(metrics)]
+    assert [columns(row) for row in rows] == [
+        [item, roles[item], str(score["final"]["n"]), shown_score(score["base"]), shown_score(score["final"]),
+         shown_interval(score.get("change")), shown_interval(score.get("margin_change"), digits=3)]
+        for item, score in metrics.items()]
+    assert all(row[starts[i] - 2:starts[i]] == "  " for row in rows for i in range(1, len(starts)))
+
+    kept, forgetting = record["preservation"], record["forgetting"]
+    targets = ", ".join(item for item, role in roles.items() if role == "target")
+    assert lines[2 + len(metrics):] == [
+        "",
+        f"target_gain   {shown_interval(record['target_gain'])}   (mean change of {targets})",
+        f"forgetting    {shown_interval(forgetting)}   (bits-per-byte increase on {', '.join(forgetting['items'])}; "
+        f"lower is better)",
+        f"kl_to_base    {shown_interval(record['kl_to_base'] | {'significant': False}, signed=False)}   "
+        f"(nats/token, held-out prompts)",
+        f"preservation  {shown_interval(kept['mean_change'])}   (mean over kinds of the normalized change, "
+        f"{kept['items']} items)",
+        *[f"  {kind:<12}{shown_interval(part['mean_change'])}   ({', '.join(part['items'])})"
+          for kind, part in kept["by_kind"].items()],
+        f"  dropped: {', '.join(kept['dropped']) or 'none'}; rose: {', '.join(kept['rose']) or 'none'}   "
+        f"(interval excludes zero)"]
+    assert targets == "math_strict" and forgetting["items"] == ["prose_bpb", "code_bpb"]
 
 
 def test_adapter_loads_with_peft_on_a_fresh_base(tiny_run):
@@ -197,12 +258,65 @@ def test_a_run_trains_the_same_whether_its_base_scores_were_computed_or_cached(t
     assert cold["metrics"] == warm["metrics"] and cold["kl_to_base"] == warm["kl_to_base"]
 
 
-def test_wandb_logger_writes_an_offline_run(tmp_path):
-    run_dir = tmp_path / "wandb-run"
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory):
+    """A tiny run logged to W&B offline: (its record, its offline run as W&B recorded it)."""
+    from tests.wandb_offline import read_run
+
+    run_dir = tmp_path_factory.mktemp("wandb") / "run"
     process = run_folora(run_dir, *[o for o in TINY if not o.startswith("logger=")], "logger=wandb", "train.steps=2")
     assert process.returncode == 0, process.stderr[-3000:]
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    (record_log,) = offline.glob("*.wandb")
+    return read_results(run_dir), read_run(record_log)
+
+
+def test_wandb_logger_records_the_runs_summary_and_history(wandb_run):
+    """The offline W&B run holds what the logger was handed: the record's flat summary (`summary_metrics` of the
+    written results.json) and its status, every logged training step's loss, the final evaluation
+    (`eval_metrics`) at the last step, and the keys a dashboard groups runs by."""
+    from folora.records.fields import eval_metrics, summary_metrics
+
+    record, run = wandb_run
+    expected = summary_metrics(record)
+    assert {"target_gain", "forgetting", "kl_to_base", "preservation_mean_change", "preservation_dropped"} <= set(expected)
+    assert {f"change/{item}" for item in record["metrics"]} <= set(expected)
+    assert {key: run["summary"].get(key, "<not logged>") for key in expected} == expected
+    assert run["summary"]["status"] == "completed"
+
+    losses = {row["_step"]: row["train/loss"] for row in run["history"] if "train/loss" in row}
+    assert losses == {entry["step"]: entry["loss"] for entry in record["train"]["logs"]}
+    final = eval_metrics({item: score["final"]["value"] for item, score in record["metrics"].items()},
+                         record["kl_to_base"]["value"])
+    (evaluated,) = [row for row in run["history"] if "eval/kl_to_base" in row]
+    assert {key: evaluated.get(key) for key in final} == final and evaluated["_step"] == record["train"]["steps"]
+
+    assert (run["group"], run["job_type"]) == (record["config"]["experiment"], record["method"]["name"])
+    assert {k: run["config"][k] for k in ("method_name", "task_name", "model_name", "eval_suite", "seed")} == {
+        "method_name": "folora", "task_name": "math", "model_name": "tiny-random", "eval_suite": "embedded", "seed": 0}
+
+
+def test_wandb_rows_of_the_logged_run_equal_the_rows_of_its_record(wandb_run):
+    """`analysis.collect.wandb_rows` reads a W&B run (its config and summary, as the logger recorded them) into the
+    columns `record_row` reads from the run's results.json, with the same values: the headlines and their intervals,
+    every item's final score, and what identifies the run. Only where it ran (`run`) and its timing differ."""
+    from analysis.collect import record_row, wandb_rows
+
+    record, logged = wandb_run
+
+    class Run:   # what `wandb.Api().runs(...)` yields, as far as wandb_rows reads it
+        id = "offline"
+        config = logged["config"]
+        summary = logged["summary"]
+
+    from_wandb = wandb_rows([Run()]).iloc[0].to_dict()
+    from_record = record_row(record, "folder")
+    finals = {f"final:{item}" for item in record["metrics"]}
+    assert finals <= set(from_wandb) and {"target_gain_low", "forgetting_high", "preservation"} <= set(from_wandb)
+    compared = set(from_wandb) - {"run", "train_tokens_per_s", "wall_s"}
+    assert compared <= set(from_record), sorted(compared - set(from_record))
+    assert {c: from_wandb[c] for c in sorted(compared)} == {c: from_record[c] for c in sorted(compared)}
+    assert (from_wandb["method"], from_wandb["knob"], from_wandb["knob_value"]) == ("folora", "method.kappa", 1.0)
 
 
 def test_rescore_restores_a_records_paired_part_from_its_outcomes_and_says_so(tiny_run, tmp_path):

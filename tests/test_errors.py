@@ -1,18 +1,26 @@
-"""Bad input stops with one clear message, a non-zero exit, and no results.json that claims completion."""
-
-import json
+"""Bad input stops with one clear message, a non-zero exit, and no results.json that claims completion: the entry
+point exits 2, the record says `failed` with the FoloraError's message, and stderr ends with that message alone."""
 
 import pytest
 
 from tests.conftest import TINY, read_results, run_folora
 
+pytestmark = pytest.mark.integration
 
-def assert_clean_failure(run_dir, process, *phrases):
-    assert process.returncode != 0
-    for phrase in phrases:
-        assert phrase in process.stderr, process.stderr[-2000:]
+
+def assert_clean_failure(run_dir, process, *phrases) -> dict:
+    """Exit 2; results.json `failed` with a FoloraError whose message holds each phrase; stderr ends with exactly
+    that message as the entry point prints it (no traceback); the failed record, returned."""
+    assert process.returncode == 2, process.stderr[-2000:]
     results = read_results(run_dir)
-    assert results is None or results["status"] == "failed"
+    assert results["status"] == "failed" and results["error"]["type"] == "FoloraError", results.get("error")
+    message = results["error"]["message"]
+    for phrase in phrases:
+        assert phrase in message, message
+    assert process.stderr.endswith(f"\nfolora: error: {message}\n(run folder: {run_dir}; results.json records "
+                                   f"status=failed)\n"), process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    assert not {"metrics", "target_gain", "forgetting"} & set(results)   # nothing that looks like a result
     return results
 
 
@@ -21,33 +29,31 @@ def assert_clean_failure(run_dir, process, *phrases):
     (["method.rank=1000"], ["method.rank=1000 is larger than layer", "choose method.rank <="]),
     (["train.lr=0"], ["train.lr=0", "must be a positive learning rate"]),
     (["train.steps=0"], ["train.steps=0", "must be a positive integer"]),
+    (["train.steps=-1"], ["train.steps=-1", "must be a positive integer"]),
     (["task=math-gsm8k", "task.data_files=/nonexistent/train.jsonl"], ["Data file not found: /nonexistent/train.jsonl"]),
     (["train.lr=1e30", "train.steps=3", "train.max_grad_norm=1e30"], ["The training loss became", "Lower train.lr"]),
     (["method.kappa=-1"], ["method.kappa=-1", "must be >= 0"]),
     (["method.gate=cosine"], ["method.gate='cosine'", "rational"]),
     (["method=lora", "method.rank=1000"], ["method.rank=1000 is larger than layer"]),
-], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "missing-data-file", "nan-loss", "kappa-negative",
-        "unknown-gate", "lora-rank-too-large"])
+], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "steps-negative", "missing-data-file", "nan-loss",
+        "kappa-negative", "unknown-gate", "lora-rank-too-large"])
 def test_user_errors(tmp_path, overrides, phrases):
     run_dir = tmp_path / "run"
-    process = run_folora(run_dir, *TINY, *overrides)
-    results = assert_clean_failure(run_dir, process, "folora: error:", *phrases)
-    assert "Traceback" not in process.stderr
-    assert results["status"] == "failed" and results["error"]["message"]
+    assert_clean_failure(run_dir, run_folora(run_dir, *TINY, *overrides), *phrases)
 
 
 def test_malformed_data_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "#### 1"}\nnot json at all\n')
     process = run_folora(tmp_path / "run", *TINY, "task=math-gsm8k", f"task.data_files={bad}")
-    assert_clean_failure(tmp_path / "run", process, "folora: error: Could not read")
+    assert_clean_failure(tmp_path / "run", process, "Could not read", str(bad))
 
 
 def test_model_not_available_offline(tmp_path):
     env = {"HF_HOME": str(tmp_path / "empty-hf-home"), "HF_HUB_OFFLINE": "1"}
     process = run_folora(tmp_path / "run", *TINY[1:], "model=qwen2.5-0.5b-instruct", env=env)
-    assert_clean_failure(tmp_path / "run", process, "folora: error: Model 'qwen2.5-0.5b-instruct'",
-                         "available offline")
+    record = assert_clean_failure(tmp_path / "run", process, "Model 'qwen2.5-0.5b-instruct'", "available offline")
+    assert record["config"]["model"]["name"] == "qwen2.5-0.5b-instruct"
 
 
 @pytest.mark.parametrize(("overrides", "phrase"), [
@@ -56,13 +62,8 @@ def test_model_not_available_offline(tmp_path):
     (["train.no_such_option=1"], "Could not override 'train.no_such_option'"),
 ])
 def test_unknown_config_options(tmp_path, overrides, phrase):
+    """A config that does not compose is Hydra's error (exit 1, its message): the run never starts, so no record."""
     process = run_folora(tmp_path / "run", *TINY, *overrides)
-    assert_clean_failure(tmp_path / "run", process, phrase)
+    assert process.returncode == 1, process.stderr[-2000:]
+    assert phrase in process.stderr, process.stderr[-2000:]
     assert read_results(tmp_path / "run") is None
-
-
-def test_a_failed_run_records_its_status(tmp_path):
-    process = run_folora(tmp_path / "run", *TINY, "train.steps=-1")
-    assert process.returncode != 0
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["status"] == "failed" and "train.steps=-1" in results["error"]["message"]

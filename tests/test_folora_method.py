@@ -6,11 +6,11 @@ from omegaconf import OmegaConf
 
 from folora.calibration import covariance
 from folora.calibration.covariance import accumulate, find_input_groups, token_batches
-from folora.calibration.proxy import ProxyConfig, sample_proxy
+from folora.calibration.proxy import sample_proxy
 from folora.fo_lora import FoLoRA
-from folora.methods.base import MethodContext, linear_layer_names
+from folora.methods.base import linear_layer_names
 from folora.models import load_model
-from tests.conftest import REPO
+from tests.conftest import REPO, method_context, method_from_conf, proxy_config
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,15 @@ def tiny():
     return load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml"))
 
 
+def folora(**options) -> FoLoRA:
+    """conf/method/folora.yaml with `options` (a `proxy` or `calibration` block merged into the YAML's)."""
+    method = method_from_conf("folora", **options)
+    assert isinstance(method, FoLoRA)
+    return method
+
+
 def sample(tiny, cache_dir, **options):
-    cfg = ProxyConfig(num_sequences=12, length=10, batch_size=5, **options)
+    cfg = proxy_config(num_sequences=12, length=10, batch_size=5, **options)
     return sample_proxy(tiny.model, tiny.tokenizer, cfg, model_fingerprint=tiny.fingerprint, cache_dir=cache_dir,
                         device=torch.device("cpu"))
 
@@ -41,11 +48,11 @@ def test_proxy_config_errors_are_clear():
     from folora.errors import FoloraError
 
     with pytest.raises(FoloraError, match="proxy.start"):
-        ProxyConfig(start="nowhere").validate()
+        proxy_config(start="nowhere").validate()
 
 
 def test_layers_reading_the_same_input_share_a_covariance(tiny):
-    names = linear_layer_names(tiny.model, FoLoRA().lora_config)
+    names = linear_layer_names(tiny.model, folora().lora_config)
     probe = next(token_batches([[1, 2, 3, 4]], 1, 0))
     groups = find_input_groups(tiny.model, names, probe)
     members = {tuple(sorted(n.rsplit(".", 1)[-1] for n in g.members)) for g in groups}
@@ -54,7 +61,7 @@ def test_layers_reading_the_same_input_share_a_covariance(tiny):
 
 
 def test_covariance_equals_a_direct_computation_over_unpadded_tokens(tiny):
-    names = linear_layer_names(tiny.model, FoLoRA().lora_config)
+    names = linear_layer_names(tiny.model, folora().lora_config)
     batch = next(token_batches([[5, 6, 7, 8, 9], [10, 11]], 2, tiny.tokenizer.pad_token_id))
     groups = find_input_groups(tiny.model, names, batch)
     covariances, tokens = accumulate(tiny.model, groups, [batch], "test")
@@ -74,7 +81,7 @@ def test_covariance_equals_a_direct_computation_over_unpadded_tokens(tiny):
 
 
 def test_the_covariance_pass_skips_the_output_head_without_changing_a_covariance(tiny):
-    names = linear_layer_names(tiny.model, FoLoRA().lora_config)
+    names = linear_layer_names(tiny.model, folora().lora_config)
     batch = next(token_batches([[5, 6, 7, 8, 9], [10, 11, 12]], 2, tiny.tokenizer.pad_token_id))
     groups = find_input_groups(tiny.model, names, batch)
     head_rows = []
@@ -90,7 +97,7 @@ def test_the_covariance_pass_skips_the_output_head_without_changing_a_covariance
 
 
 def test_prepare_pairs_every_adapter_with_its_group_basis_and_reports_live_statistics(tiny, tmp_path):
-    method = FoLoRA(proxy={"num_sequences": 8, "length": 8, "batch_size": 4}, calibration={"task_examples": 4})
+    method = folora(proxy={"num_sequences": 8, "length": 8, "batch_size": 4}, calibration={"task_examples": 4})
     examples = [{"input_ids": list(range(3, 20)), "labels": list(range(3, 20))} for _ in range(4)]
     phases = []
 
@@ -99,8 +106,7 @@ def test_prepare_pairs_every_adapter_with_its_group_basis_and_reports_live_stati
         from contextlib import nullcontext
         return nullcontext()
 
-    ctx = MethodContext(tokenizer=tiny.tokenizer, train_examples=examples, seed=0, device=torch.device("cpu"),
-                        cache_dir=tmp_path, model_fingerprint=tiny.fingerprint, phase=phase)
+    ctx = method_context(tiny, tmp_path, examples, phase=phase)
     model = method.prepare(load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml")).model, ctx)
     assert len(method.pairs) == 7 * tiny.model.config.num_hidden_layers
     assert all(p.startswith("calibration/") for p in phases)
@@ -128,8 +134,7 @@ def test_runs_that_differ_only_in_training_options_share_one_calibration(tiny, t
     options = {"proxy": {"num_sequences": 8, "length": 8, "batch_size": 4}, "calibration": {"task_examples": 4}}
 
     def context(seed=0, train=examples, cache_dir=tmp_path):
-        return MethodContext(tokenizer=tiny.tokenizer, train_examples=train, seed=seed, device=torch.device("cpu"),
-                             cache_dir=cache_dir, model_fingerprint=tiny.fingerprint)
+        return method_context(tiny, cache_dir, train, seed=seed)
 
     def fresh():
         return load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml")).model
@@ -143,10 +148,10 @@ def test_runs_that_differ_only_in_training_options_share_one_calibration(tiny, t
             cache.save(ctx.cache_dir, shared.key, method.calibration_state())
         return shared, model
 
-    first = FoLoRA(kappa=1.0, **options)
+    first = folora(kappa=1.0, **options)
     shared, _ = prepared(first, context())
     assert shared.state is None and shared.path.is_file()
-    second = FoLoRA(kappa=4.0, gate="hard", a_init="spectral", gate_b=False, **options)
+    second = folora(kappa=4.0, gate="hard", a_init="spectral", gate_b=False, **options)
     reused, _ = prepared(second, context())
     assert reused.key == shared.key and reused.state is not None
     for key, basis in first.bases.items():
@@ -155,18 +160,18 @@ def test_runs_that_differ_only_in_training_options_share_one_calibration(tiny, t
     # a cached calibration trains exactly as the computed one (here with its proxy sampled anew, in another cache):
     # calibrating draws nothing from the global random state that A's initialization then draws from
     torch.manual_seed(0)
-    computed_method = FoLoRA(**options)
+    computed_method = folora(**options)
     computed_method.prepare(fresh(), context(cache_dir=tmp_path / "empty"))
     torch.manual_seed(0)
-    cached_method = FoLoRA(**options)
+    cached_method = folora(**options)
     hit, _ = prepared(cached_method, context())
     assert hit.state is not None
     for (a1, b1, _), (a2, b2, _) in zip(computed_method.pairs, cached_method.pairs, strict=True):
         assert torch.equal(a1, a2) and torch.equal(b1, b2)
 
-    for other, ctx in ((FoLoRA(damping=1e-3, **options), context()),
-                       (FoLoRA(proxy={"num_sequences": 6, "length": 8, "batch_size": 4}, calibration={"task_examples": 4}),
+    for other, ctx in ((folora(damping=1e-3, **options), context()),
+                       (folora(proxy={"num_sequences": 6, "length": 8, "batch_size": 4}, calibration={"task_examples": 4}),
                         context()),
-                       (FoLoRA(**options), context(seed=1)),
-                       (FoLoRA(**options), context(train=[dict(e, input_ids=e["input_ids"][:-1]) for e in examples]))):
+                       (folora(**options), context(seed=1)),
+                       (folora(**options), context(train=[dict(e, input_ids=e["input_ids"][:-1]) for e in examples]))):
         assert shared_calibration(other, fresh(), ctx, tiny.fingerprint).key != shared.key

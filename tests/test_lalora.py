@@ -3,19 +3,16 @@ and A's curvature is exactly zero because B starts at zero."""
 
 import copy
 import dataclasses
-from contextlib import nullcontext
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from baselines.lalora import LaLoRA
-from baselines.lora import LoRA
-from folora.methods.base import MethodContext
 from folora.models import load_model
-from tests.conftest import REPO
+from tests.conftest import REPO, method_context, method_from_conf
 
 PROXY = {"length": 8, "batch_size": 4}
+ADAPTER = {"rank": 4, "alpha": 8, "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +21,16 @@ def tiny():
 
 
 def context(tiny, tmp_path):
-    return MethodContext(tokenizer=tiny.tokenizer, train_examples=[], seed=0, device=torch.device("cpu"),
-                         cache_dir=tmp_path, model_fingerprint=tiny.fingerprint, phase=lambda name: nullcontext())
+    return method_context(tiny, tmp_path)
+
+
+def lalora(**options):
+    """conf/method/lalora.yaml with `options` (a `proxy` block merged into the YAML's)."""
+    return method_from_conf("lalora", **options)
 
 
 def prepared(tiny, tmp_path, **options):
-    method = LaLoRA(curvature_samples=4, proxy=PROXY, rank=4, alpha=8, dropout=0.0, **options)
+    method = lalora(**{"curvature_samples": 4, "proxy": PROXY, **ADAPTER, **options})
     return method, method.prepare(copy.deepcopy(tiny.model), context(tiny, tmp_path))
 
 
@@ -100,7 +101,7 @@ def test_lambda_zero_is_exactly_lora(tiny, tmp_path):
     torch.manual_seed(3)
     lalora, model = prepared(tiny, tmp_path, lam=0.0)
     torch.manual_seed(3)
-    lora = LoRA(rank=4, alpha=8, dropout=0.0)
+    lora = method_from_conf("lora", **ADAPTER)
     lora_model = lora.prepare(copy.deepcopy(tiny.model), context(tiny, tmp_path))
     for a, b in zip(train_steps(model, lalora), train_steps(lora_model, lora), strict=True):
         assert torch.equal(a, b)
@@ -130,7 +131,7 @@ def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
     from folora.errors import FoloraError
     from folora.experiment.caches import shared_calibration
 
-    options = {"curvature": curvature, "curvature_samples": 4, "proxy": PROXY, "rank": 4, "alpha": 8, "dropout": 0.0}
+    options = {"curvature": curvature, "curvature_samples": 4, "proxy": PROXY, **ADAPTER}
 
     def key(method, ctx, init_seed=0):
         torch.manual_seed(init_seed)   # the global generator's state, from which `prepare` draws A
@@ -145,10 +146,10 @@ def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
             cache.save(ctx.cache_dir, shared.key, method.calibration_state())
         return shared, model
 
-    computed = LaLoRA(lam=1.0, **options)
+    computed = lalora(lam=1.0, **options)
     first, model = run(computed, context(tiny, tmp_path))
     assert first.state is None and first.path.is_file()
-    swept = LaLoRA(lam=5.0, **options)
+    swept = lalora(lam=5.0, **options)
     hit, swept_model = run(swept, context(tiny, tmp_path))
     assert hit.key == first.key and hit.state is not None
     for (_, t0, p), (_, u0, q) in zip(computed.anchors, swept.anchors, strict=True):
@@ -162,16 +163,16 @@ def test_a_lambda_sweep_estimates_the_curvature_once(tiny, tmp_path, curvature):
                     p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     torch.testing.assert_close(swept.regularizer(swept_model), 5.0 * computed.regularizer(model))
 
-    assert key(LaLoRA(lam=2.0, **options), context(tiny, tmp_path)) == first.key
-    for other, ctx, init_seed in ((LaLoRA(**{**options, "curvature": "diag-sampled"}), context(tiny, tmp_path), 0),
-                                  (LaLoRA(**{**options, "curvature_samples": 3}), context(tiny, tmp_path), 0),
-                                  (LaLoRA(**{**options, "rank": 2}), context(tiny, tmp_path), 0),
-                                  (LaLoRA(**options), dataclasses.replace(context(tiny, tmp_path), seed=1), 0),
-                                  (LaLoRA(**options), context(tiny, tmp_path), 1)):   # another A
+    assert key(lalora(lam=2.0, **options), context(tiny, tmp_path)) == first.key
+    for other, ctx, init_seed in ((lalora(**{**options, "curvature": "diag-sampled"}), context(tiny, tmp_path), 0),
+                                  (lalora(**{**options, "curvature_samples": 3}), context(tiny, tmp_path), 0),
+                                  (lalora(**{**options, "rank": 2}), context(tiny, tmp_path), 0),
+                                  (lalora(**options), dataclasses.replace(context(tiny, tmp_path), seed=1), 0),
+                                  (lalora(**options), context(tiny, tmp_path), 1)):   # another A
         assert key(other, ctx, init_seed) != first.key
 
     # handed a curvature measured through another A (a checkpoint's, say), prepare refuses it
     ctx = dataclasses.replace(context(tiny, tmp_path), calibration=computed.calibration_state())
     torch.manual_seed(1)
     with pytest.raises(FoloraError, match="another initialization"):
-        LaLoRA(lam=2.0, **options).prepare(copy.deepcopy(tiny.model), ctx)
+        lalora(lam=2.0, **options).prepare(copy.deepcopy(tiny.model), ctx)

@@ -10,11 +10,10 @@ import torch
 from folora.errors import FoloraError
 from folora.fo_lora import memory
 from folora.fo_lora.memory import GIB, choose_plan, groups_per_pass_that_fit, memory_plan, top_k_for
-from folora.methods.base import MethodContext
 from folora.methods.build import build_method
 from folora.models import load_model
 from folora.tasks.data import load_task
-from tests.conftest import composed
+from tests.conftest import composed, method_context, method_from_conf
 
 LAYERS, HIDDEN, MLP, KV = 32, 4096, 14336, 1024
 BF16_8B_MODEL = 8_030_261_248 * 2
@@ -86,9 +85,7 @@ def _prepare(tmp_path, *overrides):
     loaded = load_model(cfg.model)
     task = load_task(cfg.task, loaded.tokenizer)
     method = build_method(cfg.method)
-    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
-                        cache_dir=tmp_path, model_fingerprint=loaded.fingerprint)
-    method.prepare(loaded.model, ctx)
+    method.prepare(loaded.model, method_context(loaded, tmp_path, task.train))
     return method
 
 
@@ -112,7 +109,7 @@ def test_a_plan_larger_than_the_device_stops_before_calibration(tmp_path, monkey
 @pytest.mark.parametrize("value", ["all", 0, -2])
 def test_bad_top_k_and_pass_values_are_refused(value):
     with pytest.raises(FoloraError, match="method.top_k"):
-        build_method(composed("method=folora", f"method.top_k={value}").method)
+        method_from_conf("folora", f"method.top_k={value}")
 
 
 def test_bf16_bases_halve_the_bases_and_are_widened_one_group_at_a_time():
@@ -138,4 +135,4 @@ def test_bf16_bases_are_stored_in_bf16_with_fp32_eigenvalues(tmp_path):
 
 def test_an_unknown_basis_dtype_is_refused():
     with pytest.raises(FoloraError, match="method.basis_dtype='fp16' must be auto or one of fp32, bf16"):
-        build_method(composed("method=folora", "method.basis_dtype=fp16").method)
+        method_from_conf("folora", "method.basis_dtype=fp16")

@@ -9,32 +9,25 @@ scores the exported adapter with lm-eval's own HFLM: its scores equal the run's 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from peft import PeftModel
 
-from folora.methods.base import MethodContext
 from folora.methods.build import build_method
 from folora.models import load_model
 from folora.tasks.data import load_task
 from folora.training.loop import train
 from folora.training.rng import seed_everything
-from tests.conftest import read_results, run_folora
+from tests.conftest import METHODS, composed, method_context, read_results, run_folora
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 LOGITS_ATOL = 1e-5
 
 
 def tiny_config(method: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            "model=tiny-random", f"method={method}", "task.sizes.train=32", "task.sizes.validation=8",
-            "train.steps=3", "train.batch_size=4", "train.lr=2e-2", "train.warmup_ratio=0", "train.log_every=1"])
+    return composed("model=tiny-random", f"method={method}", "task.sizes.train=32", "task.sizes.validation=8",
+                    "train.steps=3", "train.batch_size=4", "train.lr=2e-2", "train.warmup_ratio=0", "train.log_every=1")
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +49,7 @@ def test_prepare_train_export_and_reload_with_stock_tools(method, tmp_path, base
     loaded = load_model(cfg.model)
     task = load_task(cfg.task, loaded.tokenizer)
     method_obj = build_method(cfg.method)
-    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
-                        cache_dir=tmp_path / "cache", model_fingerprint=loaded.fingerprint)
-    model = method_obj.prepare(loaded.model, ctx)
+    model = method_obj.prepare(loaded.model, method_context(loaded, tmp_path / "cache", task.train))
     summary = train(model, method_obj, task.train, cfg.train, pad_id=loaded.tokenizer.pad_token_id,
                     device=torch.device("cpu"), seed=0, log=lambda *a, **k: None)
     assert summary.steps == 3 and all(torch.isfinite(torch.tensor(summary.losses)))
@@ -77,6 +68,7 @@ def test_prepare_train_export_and_reload_with_stock_tools(method, tmp_path, base
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["folora", "lalora"])
 def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(method, tmp_path):
     from lm_eval.models.huggingface import HFLM
@@ -89,8 +81,7 @@ def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(met
     process = run_folora(run_dir, *overrides, timeout=3600)   # the embedded model: minutes, more on a busy machine
     assert process.returncode == 0, process.stderr[-3000:]
     results = read_results(run_dir)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = composed(*overrides)
     loaded = load_model(cfg.model)
     lm = HFLM(pretrained=str(loaded.path), peft=str(run_dir / "adapter"), dtype="float32", device="cpu",
               batch_size=int(cfg.eval.batch_size), max_length=int(cfg.eval.max_length))

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, read_results, run_folora
+from tests.conftest import METHODS, TINY, read_results, run_folora
 from tests.test_checkpoint import prepared, tiny
 
-METHODS = sorted(p.stem for p in (REPO / "conf" / "method").glob("*.yaml"))
 BF16 = ["model.dtype=bf16", "train.precision=bf16", "eval.precision=bf16"]
 
 
@@ -29,13 +28,17 @@ def test_every_method_trains_on_bf16_frozen_weights_with_fp32_adapters(method, t
                     device=torch.device("cpu"), seed=0, log=lambda *a: None)
     assert summary.precision == "bf16" and all(torch.isfinite(torch.tensor(summary.losses)))
     assert any(not torch.equal(p.detach(), before[n]) for n, p in trainable.items())
-    if method == "folora":   # the memory plan counts the model as loaded: 2 bytes per weight
-        weights = sum(t.numel() for t in [*model.get_base_model().parameters(), *model.buffers()]
-                      if not t.requires_grad) - sum(t.numel() for t in model.get_base_model().buffers())
-        assert method_obj.summary()["calibration"]["memory_plan"]["model"] == pytest.approx(weights * 2 / 2**30,
-                                                                                              rel=0.05)
 
 
+def test_folora_memory_plan_counts_bf16_frozen_weights_at_two_bytes(tmp_path):
+    """The memory plan counts the model as loaded: 2 bytes per frozen weight."""
+    model, method_obj, _, _ = prepared(tiny("method=folora", *BF16), tmp_path)
+    weights = sum(t.numel() for t in [*model.get_base_model().parameters(), *model.buffers()]
+                  if not t.requires_grad) - sum(t.numel() for t in model.get_base_model().buffers())
+    assert method_obj.summary()["calibration"]["memory_plan"]["model"] == pytest.approx(weights * 2 / 2**30, rel=0.05)
+
+
+@pytest.mark.integration
 def test_a_bf16_model_runs_end_to_end(tmp_path):
     done = run_folora(tmp_path, *TINY, "method=folora", *BF16)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,6 +46,7 @@ def test_a_bf16_model_runs_end_to_end(tmp_path):
     assert record["status"] == "completed" and record["data"]["model"]["fingerprint"].endswith("-bf16")
 
 
+@pytest.mark.integration
 def test_bf16_weights_with_an_fp32_precision_are_refused_before_loading(tmp_path):
     from folora.errors import FoloraError
     from folora.experiment.validation import validate_config

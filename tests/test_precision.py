@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from folora.errors import FoloraError
 from folora.tasks.data import collate
 from folora.training import precision
 from folora.training.loop import batches, make_trainer, training_step
-from tests.conftest import composed, model_and_task
+from tests.conftest import composed, method_context, method_from_conf, model_and_task
 
 
 def tiny_config(*overrides: str):
@@ -40,7 +39,7 @@ def test_auto_is_bf16_only_where_the_hardware_has_it(monkeypatch):
 def test_bf16_training_keeps_fp32_weights_and_optimizer_state(tiny):
     cfg, loaded, task = tiny
     train_cfg = tiny_config("method=lora", "train.precision=bf16").train
-    method = instantiate(tiny_config("method=lora").method)
+    method = method_from_conf("lora")
     model = method.prepare(copy.deepcopy(loaded.model), None).train()
     trainer = make_trainer(model, method, train_cfg, torch.device("cpu"))
     assert trainer.precision == "bf16"
@@ -119,11 +118,8 @@ def test_a_cuda_step_runs_bf16_autocast_with_fp32_state(tiny):
     _, loaded, task = tiny
     device = torch.device("cuda")
     assert precision.resolve("auto", device) == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-    method = instantiate(tiny_config("method=folora").method)
-    from folora.methods.base import MethodContext
-
-    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=device,
-                        cache_dir=Path("/tmp/folora-gpu-test"), model_fingerprint=loaded.fingerprint, precision="bf16")
+    method = method_from_conf("folora")
+    ctx = method_context(loaded, Path("/tmp/folora-gpu-test"), task.train, device=device, precision="bf16")
     model = method.prepare(copy.deepcopy(loaded.model).to(device), ctx).to(device).train()
     trainer = make_trainer(model, method, tiny_config("train.precision=bf16").train, device)
     for step in range(3):

@@ -46,6 +46,7 @@ def results_files(tmp_path):
     return sorted((tmp_path / "multirun").rglob("results.json"))
 
 
+@pytest.mark.integration
 def test_the_sweep_runs_every_cell_and_isolates_the_failure(smoke):
     tmp_path, first = smoke
     assert first.returncode != 0, first.stdout[-3000:]  # one cell failed: the command says so
@@ -59,6 +60,7 @@ def test_the_sweep_runs_every_cell_and_isolates_the_failure(smoke):
     assert provenance["not_completed"][0]["method"] == "lora" and provenance["not_completed"][0]["value"] == -1.0
 
 
+@pytest.mark.integration
 def test_the_table_marks_the_failed_cell(smoke):
     tmp_path, _ = smoke
     table = (tmp_path / "out" / "table.md").read_text()
@@ -68,6 +70,7 @@ def test_the_table_marks_the_failed_cell(smoke):
     assert "seed 0: failed" in (tmp_path / "out" / "README.md").read_text()
 
 
+@pytest.mark.integration
 def test_every_number_in_the_table_is_the_number_in_results_json(smoke):
     tmp_path, _ = smoke
     table = pd.read_csv(tmp_path / "out" / "table.csv")
@@ -92,6 +95,7 @@ def test_every_number_in_the_table_is_the_number_in_results_json(smoke):
     assert set(runs.status) == {"completed", "failed"}
 
 
+@pytest.mark.integration
 def test_tables_and_plots_are_written(smoke):
     out = smoke[0] / "out"
     for name in ("table.md", "table.csv", "table.tex", "runs.csv", "tradeoff.png", "tradeoff.pdf", "trajectories.png",
@@ -101,6 +105,7 @@ def test_tables_and_plots_are_written(smoke):
     assert r"\begin{tabular}" in (out / "table.tex").read_text()
 
 
+@pytest.mark.integration
 def test_a_restarted_sweep_skips_completed_runs_and_retries_the_failed_one(smoke):
     tmp_path, _ = smoke
     before = {p: p.stat().st_mtime_ns for p in results_files(tmp_path)
@@ -126,6 +131,7 @@ def test_parallel_jobs_share_the_cores_and_refuse_a_bad_count():
     assert reproduce_main(["smoke", "--jobs", "0"]) == 2
 
 
+@pytest.mark.integration
 def test_the_queue_runs_n_cells_at_a_time_across_methods_and_goes_on_past_a_failure(tmp_path, capsys):
     """Three cells of two methods on two lanes. Each cell waits for an event only the queue can cause: a0 ends once
     a1 has started (two at a time), a1 fails once b0 has started (b0 took a0's lane while a1 still ran, rather than
@@ -152,6 +158,7 @@ def test_the_queue_runs_n_cells_at_a_time_across_methods_and_goes_on_past_a_fail
         run_queue(commands, jobs=0)
 
 
+@pytest.mark.integration
 def test_a_stopped_queue_lets_its_cells_exit_then_terminates_then_kills_them(tmp_path):
     ready = tmp_path / "ready"
     exits = "import time; time.sleep(0.3)"                                      # e.g. got the group's signal already
@@ -165,6 +172,7 @@ def test_a_stopped_queue_lets_its_cells_exit_then_terminates_then_kills_them(tmp
     assert [p.returncode for p in processes] == [0, -signal.SIGTERM, -signal.SIGKILL]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)])
 def test_a_signalled_queue_starts_no_further_cell_and_waits_for_its_cells_to_exit(tmp_path, signum, exit_code):
     """A signal to the process group (`kill -- -PGID`, Ctrl-C) while the queue's one lane runs cell a: a exits on it,
@@ -374,21 +382,6 @@ def test_wandb_summary_run_logs_the_table_offline(tmp_path):
     summary = _summarize(frame, ["task", "method", "knob_value"], ["target_gain", "forgetting", "kl_to_base"])
     folder = log_summary("unit", {"summary": summary}, tmp_path, project="folora", entity=None, mode="offline")
     assert list((tmp_path / "wandb").glob("offline-run-*/*.wandb")), folder
-
-
-def test_wandb_rows_read_config_and_summary():
-    from analysis.collect import wandb_rows
-
-    class Run:
-        id = "abc"
-        config = {"model": {"name": "m"}, "task": {"name": "math"}, "method": {"name": "lora", "knob": "train.lr"},
-                  "train": {"lr": 5e-4}, "seed": 1}
-        summary = {"status": "completed", "target_gain": 0.1, "target_gain_low": 0.02, "target_gain_high": 0.2,
-                   "forgetting": 0.03, "kl_to_base": 0.3, "preservation_mean_change": -0.01, "eval/capitals": 0.8}
-
-    row = wandb_rows([Run()]).iloc[0]
-    assert row.knob_value == 5e-4 and row["final:capitals"] == 0.8 and row.forgetting == 0.03
-    assert (row.target_gain_low, row.target_gain_high) == (0.02, 0.2) and row.preservation == -0.01
 
 
 def test_ablation_variants_are_override_sets_run_at_every_seed(tmp_path):

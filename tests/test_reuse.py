@@ -62,6 +62,7 @@ def source_run(tmp_path_factory):
     return root, run_dir
 
 
+@pytest.mark.integration
 def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_run, tmp_path):
     root, source = source_run
     run_dir = tmp_path / "main-cell"
@@ -100,6 +101,7 @@ def test_another_experiment_adopts_the_same_run_instead_of_computing_it(source_r
     assert read_results(tmp_path / "again")["config"]["experiment"] == "third"
 
 
+@pytest.mark.integration
 def test_other_data_or_another_config_is_computed_not_adopted(source_run, tmp_path, monkeypatch):
     from folora.experiment.adopt import adopt_completed_run
 
@@ -128,6 +130,7 @@ def test_other_data_or_another_config_is_computed_not_adopted(source_run, tmp_pa
         is not None   # both configs hold model.dtype (the source wrote it): an explicit equal value is the same run
 
 
+@pytest.mark.integration
 def test_a_reuse_folder_that_does_not_exist_is_refused(tmp_path):
     process = run_folora(tmp_path / "run", *TINY, f"reuse_from=['{tmp_path / 'missing'}']")
     assert process.returncode == 2

@@ -9,9 +9,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from baselines.svd_slice import SVDSlice, slice_offset, svd_slice
 from folora.errors import FoloraError
-from folora.methods.base import MethodContext, lora_layers
+from folora.methods.base import lora_layers
 from folora.models import load_model
-from tests.conftest import REPO
+from tests.conftest import REPO, method_context, method_from_conf
 
 RANK, ALPHA = 4, 8
 
@@ -22,12 +22,18 @@ def tiny():
 
 
 def context(tiny, tmp_path):
-    return MethodContext(tokenizer=tiny.tokenizer, train_examples=[], seed=0, device=torch.device("cpu"),
-                         cache_dir=tmp_path, model_fingerprint=tiny.fingerprint)
+    return method_context(tiny, tmp_path)
+
+
+def svd_method(name: str, offset) -> SVDSlice:
+    """conf/method/<name>.yaml (one of the SVD-slice methods) at this file's rank and alpha, without dropout."""
+    method = method_from_conf(name, offset=offset, rank=RANK, alpha=ALPHA, dropout=0.0)
+    assert isinstance(method, SVDSlice)
+    return method
 
 
 def test_offset_zero_reproduces_peft_pissa(tiny, tmp_path):
-    ours = SVDSlice(offset=0, rank=RANK, alpha=ALPHA, dropout=0.0).prepare(copy.deepcopy(tiny.model), context(tiny, tmp_path))
+    ours = svd_method("pissa", 0).prepare(copy.deepcopy(tiny.model), context(tiny, tmp_path))
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear", init_lora_weights="pissa")
     theirs = get_peft_model(copy.deepcopy(tiny.model), config)
     theirs_layers = dict(lora_layers(theirs))
@@ -61,15 +67,14 @@ def test_rank_larger_than_the_layer_is_refused():
 
 
 def test_training_starts_at_the_base_model(tiny, tmp_path):
-    model = SVDSlice(offset="middle", rank=RANK, alpha=ALPHA, dropout=0.0).prepare(copy.deepcopy(tiny.model),
-                                                                                   context(tiny, tmp_path))
+    model = svd_method("intermediate_pc", "middle").prepare(copy.deepcopy(tiny.model), context(tiny, tmp_path))
     ids = torch.tensor([list(range(5, 30))])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, tiny.model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_export_loads_on_a_fresh_unmodified_base_with_equal_logits(tiny, tmp_path):
-    method = SVDSlice(offset="middle", rank=RANK, alpha=ALPHA, dropout=0.0)
+    method = svd_method("intermediate_pc", "middle")
     model = method.prepare(copy.deepcopy(tiny.model), context(tiny, tmp_path))
     with torch.no_grad():   # stand-in for training: move every adapter weight
         for p in model.parameters():

@@ -1,34 +1,37 @@
 """The one training step (`folora.training.loop.training_step`): accumulation equals a larger batch, the step does what
-a step must (clip, schedule, NaN check), and a golden loss curve of fixed-seed tiny-random runs catches silent
-numeric drift after a library upgrade.
+a step must (clip, schedule, NaN check), and a golden loss curve of a fixed-seed tiny-random run for every method in
+conf/method/ catches silent numeric drift after a library upgrade (a new method's YAML fails until its curve is
+recorded).
 
-Regenerate the golden curves deliberately, after checking why they moved:
-    FOLORA_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_training.py -k golden
+Record a new method's curve, or regenerate one deliberately after checking why it moved:
+    .venv/bin/python -m tests.test_training [METHOD ...]      # default: every method without a curve
+    FOLORA_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_training.py -k "golden and lora"
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from folora.errors import FoloraError
-from folora.methods.base import MethodContext
+from folora.methods.build import build_method
 from folora.models import load_model
 from folora.tasks.data import collate, load_task
 from folora.training.loop import Trainer, lr_lambda, make_trainer, train, training_step
 from folora.training.rng import seed_everything
-from tests.conftest import composed, model_and_task
+from tests.conftest import METHODS, composed, method_context, method_from_conf, model_and_task
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GOLDEN = Path(__file__).parent / "golden" / "loss_curves.json"
-GOLDEN_METHODS = ("lora", "folora", "lalora", "pissa")
+REGENERATE = ".venv/bin/python -m tests.test_training {method}"
 # Identical versions on CPU reproduce the curves exactly; a BLAS or library change moves them by ~1e-6 relative.
 # A real change of the loss, the data order, the schedule or an optimizer moves them far more than this.
 GOLDEN_RTOL = 1e-4
@@ -49,13 +52,13 @@ def sgd_trainer(model, max_grad_norm: float = 1e9) -> Trainer:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.5)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    method = instantiate(tiny_config("method=lora").method)
+    method = method_from_conf("lora")
     return Trainer(model, method, optimizer, schedule, params, max_grad_norm, torch.device("cpu"))
 
 
 def adapted(loaded, seed: int = 0):
     torch.manual_seed(seed)
-    method = instantiate(tiny_config("method=lora", "method.dropout=0.0").method)
+    method = method_from_conf("lora", dropout=0.0)
     model = method.prepare(copy.deepcopy(loaded.model), None)
     with torch.no_grad():   # a non-zero B, so A has a gradient too
         for name, p in model.named_parameters():
@@ -120,24 +123,32 @@ def golden_run(method: str, tmp_path: Path) -> list[float]:
     seed_everything(0)
     loaded = load_model(cfg.model)
     task = load_task(cfg.task, loaded.tokenizer)
-    method_obj = instantiate(cfg.method)
-    ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=torch.device("cpu"),
-                        cache_dir=tmp_path, model_fingerprint=loaded.fingerprint)
-    model = method_obj.prepare(loaded.model, ctx)
+    method_obj = build_method(cfg.method)
+    model = method_obj.prepare(loaded.model, method_context(loaded, tmp_path, task.train))
     summary = train(model, method_obj, task.train, cfg.train, pad_id=loaded.tokenizer.pad_token_id,
                     device=torch.device("cpu"), seed=0, log=lambda *a, **k: None)
     return summary.losses
 
 
-@pytest.mark.parametrize("method", GOLDEN_METHODS)
+def read_golden() -> dict:
+    return json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+
+
+def record_golden(curves: dict[str, list[float]]) -> None:
+    """Write these methods' curves into the golden file; the other methods' curves stay as they are."""
+    golden = read_golden() | {method: {"losses": losses, "torch": torch.__version__} for method, losses in curves.items()}
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_golden_loss_curve(method, tmp_path):
     losses = golden_run(method, tmp_path)
-    golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
     if os.environ.get("FOLORA_UPDATE_GOLDEN"):
-        golden[method] = {"losses": losses, "torch": torch.__version__}
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
-    assert method in golden, f"no golden curve for {method}: run with FOLORA_UPDATE_GOLDEN=1"
+        record_golden({method: losses})
+    golden = read_golden()
+    assert method in golden, (f"conf/method/{method}.yaml has no golden loss curve in {GOLDEN.relative_to(GOLDEN.parents[2])}; "
+                              f"record it with `{REGENERATE.format(method=method)}`")
     expected = golden[method]["losses"]
     assert losses == pytest.approx(expected, rel=GOLDEN_RTOL), (
         f"the loss curve of the fixed-seed {method} run moved (recorded with torch {golden[method]['torch']}, now "
@@ -145,10 +156,42 @@ def test_golden_loss_curve(method, tmp_path):
     assert losses[-1] < losses[0]   # it trains
 
 
+def test_every_golden_curve_belongs_to_a_method_config():
+    stale = sorted(set(read_golden()) - set(METHODS))
+    assert not stale, f"golden curves of methods with no conf/method/<name>.yaml: {stale}; delete them from {GOLDEN}"
+
+
 def test_make_trainer_uses_the_methods_optimizer_and_the_warmup_cosine_schedule(tiny):
     cfg, loaded, _ = tiny
     model = adapted(loaded)
     train_cfg = OmegaConf.merge(cfg.train, {"steps": 10, "warmup_ratio": 0.2})
-    trainer = make_trainer(model, instantiate(tiny_config("method=lora").method), train_cfg, torch.device("cpu"))
+    trainer = make_trainer(model, method_from_conf("lora"), train_cfg, torch.device("cpu"))
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert trainer.schedule.get_last_lr()[0] == pytest.approx(float(cfg.train.lr) * 0.5)   # warmup step 1 of 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.test_training [METHOD ...]`: record the golden loss curve of each named method (default:
+    every method in conf/method/ that has none), leaving the others' curves as they are."""
+    parser = argparse.ArgumentParser(prog="python -m tests.test_training", description=main.__doc__)
+    parser.add_argument("methods", nargs="*", help=f"methods of conf/method/ ({', '.join(METHODS)})")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"{unknown} not in conf/method/ ({', '.join(METHODS)})")
+    methods = args.methods or [m for m in METHODS if m not in read_golden()]
+    if not methods:
+        print(f"every method of conf/method/ has a golden curve in {GOLDEN}; name one to record it again")
+        return 0
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(name, value)
+    with tempfile.TemporaryDirectory(prefix="folora-golden-") as tmp:
+        curves = {method: golden_run(method, Path(tmp) / method) for method in methods}
+    record_golden(curves)
+    for method, losses in curves.items():
+        print(f"{method}: {losses[0]:.6f} -> {losses[-1]:.6f} ({len(losses)} steps) written to {GOLDEN}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,18 +1,13 @@
 """The whole config surface is checked before anything slow: a table of bad values, one row per key, each giving one
 message that names the key and says what is valid; every shipped combination of configs passes the same checks."""
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
 from folora.errors import FoloraError
 from folora.experiment.validation import RULES, validate_config
 from folora.methods.options import check_method_options, method_options
-from tests.conftest import TINY, composed, read_results, run_folora
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+from tests.conftest import CONF, METHODS, TINY, composed, method_from_conf, read_results, run_folora
 
 
 def refused(*overrides: str) -> str:
@@ -167,10 +162,8 @@ def test_a_method_sets_its_own_default_learning_rate_and_the_command_line_still_
 
 @pytest.mark.parametrize("value", [-1e-3, 0.0])
 def test_a_method_learning_rate_that_is_not_positive_is_refused(value):
-    from baselines.svd_slice import SVDSlice
-
     with pytest.raises(FoloraError, match=r"method.lr=.* must be a positive learning rate"):
-        SVDSlice(name="pissa", offset="top", lr=value)
+        method_from_conf("pissa", lr=value)
 
 
 def test_method_options_follow_the_class_hierarchy():
@@ -198,6 +191,7 @@ def test_every_shipped_combination_passes_the_checks():
         validate_config(composed(*overrides))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("overrides", "phrase"), [
     (["train.steps=1.5"], "train.steps=1.5: must be a positive integer"),
     (["eval.limit=0"], "eval.limit=0: must be a positive integer or null"),

@@ -98,9 +98,10 @@ def code_digest(*modules: str, files: tuple[Path, ...] = ()) -> str:
     return _digest(sorted(paths))
 
 
-def tree_digest(repo: Path = REPO, folders: tuple[str, ...] = ("folora", "baselines", "conf")) -> str:
+def tree_digest(repo: Path | None = None, folders: tuple[str, ...] = ("folora", "baselines", "conf")) -> str:
     """A digest of every source, config and shipped data file under `folders`: the code a run executes. A commit
     that only adds results or docs leaves it unchanged."""
+    repo = repo or REPO
     return _digest(sorted(p for folder in folders for p in (repo / folder).rglob("*") if _is_source(p)), repo)
 
 
@@ -108,7 +109,8 @@ def _is_source(path: Path) -> bool:
     return path.is_file() and path.suffix in SOURCE_SUFFIXES and "__pycache__" not in path.parts
 
 
-def _digest(paths: list[Path], root: Path = REPO) -> str:
+def _digest(paths: list[Path], root: Path | None = None) -> str:
+    root = (root or REPO).resolve()
     digest = hashlib.sha256()
     for path in paths:
         path = path.resolve()
