@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -46,8 +47,15 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def available(group: str) -> dict[str, DictConfig]:
-    """Every option of a config group, composed as a run sees it (a method YAML extends conf/method/_base/...)."""
-    return {path.stem: _compose([f"{group}={path.stem}"])[group] for path in sorted((CONF / group).glob("*.yaml"))}
+    """Every option of a config group, composed as a run sees it (a method YAML extends conf/method/_base/...).
+    Composed once per state of conf/: a grid resolves its tasks and methods many times."""
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(CONF.rglob("*.yaml")))
+    return dict(_available(group, stamp))
+
+
+@lru_cache(maxsize=16)
+def _available(group: str, stamp: tuple) -> tuple[tuple[str, DictConfig], ...]:
+    return tuple((path.stem, _compose([f"{group}={path.stem}"])[group]) for path in sorted((CONF / group).glob("*.yaml")))
 
 
 def load_experiment(name: str, dotlist: list[str]) -> DictConfig:
