@@ -68,7 +68,7 @@ def record_row(data: dict, run: str) -> dict:
     out = {"run": run, "status": data.get("status"), "error": (data.get("error") or {}).get("message"),
            "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
            "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": knob_value,
-           "seed": config.get("seed"), "variant": config.get("variant"),
+           "seed": config.get("seed"), "variant": config.get("variant"), "numerics": data.get("numerics", 1),
            "lr": _select(config, "train.lr")}   # each method's own default where its YAML sets one (method.lr)
     preservation = data.get("preservation") or {}
     sources = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),

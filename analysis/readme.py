@@ -46,7 +46,19 @@ def _header(spec, shown: pd.DataFrame, provenance: dict) -> list[str]:
     counts = ", ".join(f"{v} {k}" for k, v in cells.items() if k != "total")
     return [f"# {spec.name}", "", str(spec.get("description", "")), "",
             f"Reproduce: `{provenance['command']}` (runs land in `{provenance['runs']}`; completed runs are skipped).",
-            "", f"Cells: {cells['total']} in the grid — {counts}", "", shown.to_markdown(index=False), ""]
+            "", f"Cells: {cells['total']} in the grid — {counts}", "", *_numerics(provenance.get("numerics") or []),
+            shown.to_markdown(index=False), ""]
+
+
+def _numerics(versions: list[int]) -> list[str]:
+    """Which numerics computed the cells (docs/results.md, "Numerics versions")."""
+    if len(versions) == 1:
+        return [f"Computed with numerics {versions[0]}.", ""]
+    if len(versions) > 1:
+        return [f"Cells of numerics versions {', '.join(map(str, versions))} are mixed in the runs folder: the table "
+                f"shows each version in its own rows (column `numerics`), and every comparison below uses numerics "
+                f"{versions[-1]} only.", ""]
+    return []
 
 
 def _not_completed(cells: list[dict]) -> list[str]:

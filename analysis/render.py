@@ -26,6 +26,15 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, de
     out.mkdir(parents=True, exist_ok=True)
     render = spec.render
     group_by, metrics = list(render.group_by), list(render.metrics)
+    versions = sorted(int(v) for v in frame["numerics"].dropna().unique()) if "numerics" in frame else []
+    provenance = provenance | {"numerics": versions}
+    if len(versions) > 1:
+        # never averaged across numerics versions: the table splits each cell by version, and every comparison
+        # uses the newest version's runs only
+        group_by = ["numerics", *group_by]
+        compared = frame[frame.numerics == versions[-1]]
+    else:
+        compared = frame
     summary = summarize(frame, group_by, metrics)
     shown = display_table(summary, group_by, metrics)
     written: dict = {"summary": summary, **write_tables(summary, shown, out)}
@@ -35,10 +44,11 @@ def render_experiment(frame: pd.DataFrame, spec, out: Path, provenance: dict, de
     # the trade-off plot and the matched comparison need both axes; a grid that recorded neither gets its table only
     has_tradeoff = all(summary.get(f"{m}_mean", pd.Series(dtype=float)).notna().any()
                        for m in ("target_gain", "forgetting"))
-    written |= _figures(frame, summary, f"{spec.name} ({spec.grid.model})", list(render.get("plots", [])),
+    plotted = summary if compared is frame else summarize(compared, list(render.group_by), metrics)
+    written |= _figures(compared, plotted, f"{spec.name} ({spec.grid.model})", list(render.get("plots", [])),
                         has_tradeoff, out)
     if not frame.empty:
-        written |= _comparisons(frame, render, metrics, defaults, has_tradeoff, out)
+        written |= _comparisons(compared, render, metrics, defaults, has_tradeoff, out)
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     (out / "README.md").write_text(readme_text(spec, shown, provenance, written))
     return written

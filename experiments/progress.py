@@ -10,10 +10,11 @@ import pandas as pd
 
 from analysis.collect import collect
 from experiments.grid import Cell
+from folora.records.run_record import NUMERICS
 
 
 def cell_status(frame: pd.DataFrame, cell: Cell) -> str:
-    """completed | failed | running | missing, for one grid cell, from the collected results."""
+    """completed | failed | running | missing | stale (computed with other numerics only), for one grid cell."""
     if frame.empty:
         return "missing"
     match = frame[(frame.task == cell.task) & (frame.method == cell.method) & (frame.seed == cell.seed)]
@@ -23,7 +24,10 @@ def cell_status(frame: pd.DataFrame, cell: Cell) -> str:
         match = match[[_same_value(v, cell.value) for v in match.knob_value]]
     if match.empty:
         return "missing"
-    statuses = set(match.status)
+    current = match[match.numerics == NUMERICS] if "numerics" in match else match
+    statuses = set(current.status)
+    if not statuses:
+        return "stale"   # computed only with other numerics: computed again
     return "completed" if "completed" in statuses else "failed" if "failed" in statuses else "running"
 
 

@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from folora.errors import FoloraError
+from folora.records.run_record import NUMERICS
 from folora.training.signals import Interrupted, hand_over, install_stop_handlers
 
 # Nothing is fetched from a model or dataset hub unless the user turns these off deliberately.
@@ -62,11 +63,19 @@ def overridden(hydra_cfg) -> set[str]:
 
 
 def completed(run_dir: Path) -> bool:
-    """Whether the run folder holds a results.json that says `completed` (an interrupted sweep restarts past it)."""
+    """Whether the run folder holds a results.json that says `completed` under the current numerics (an interrupted
+    sweep restarts past it; a cell computed with other numerics is computed again)."""
     try:
-        return json.loads((run_dir / "results.json").read_text()).get("status") == "completed"
+        record = json.loads((run_dir / "results.json").read_text())
     except (OSError, ValueError):
         return False
+    if record.get("status") != "completed":
+        return False
+    if record.get("numerics", 1) != NUMERICS:
+        print(f"[folora] {run_dir} holds a run computed with numerics {record.get('numerics', 1)}; this code computes "
+              f"numerics {NUMERICS}: it is computed again", flush=True)
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(met
               batch_size=int(cfg.eval.batch_size), max_length=int(cfg.eval.max_length))
     scores = evaluate_lm(lm, cfg.eval).scores
     finals = {item: m["final"]["value"] for item, m in results["metrics"].items()}
-    assert {item: s["value"] for item, s in scores.items()} == pytest.approx(finals, abs=1e-9), json.dumps(
+    # the run scores the adapter merged into its weights (numerics 2), stock lm-eval the PEFT model unmerged: at fp32
+    # the two differ only by rounding, far below any item's standard error
+    assert {item: s["value"] for item, s in scores.items()} == pytest.approx(finals, rel=1e-5, abs=1e-6), json.dumps(
         {"lm_eval": {i: s["value"] for i, s in scores.items()}, "run": finals}, indent=1)
     assert OmegaConf.select(cfg, "method.name") == results["method"]["name"]

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -32,10 +33,13 @@ NOT_SCORED = ("precision", "every")
 
 @dataclass
 class SuiteResult:
-    """Per item: the score (value, stderr, n, higher_is_better, kind) and the per-document outcomes."""
+    """Per item: the score (value, stderr, n, higher_is_better, kind) and the per-document outcomes; and the wall
+    seconds of each lm-eval call (`seconds`: keyed by item, or by its items joined with `+` where one call scores
+    several, e.g. the strict and flexible math scores; empty for a result read from the cache)."""
 
     scores: dict[str, dict]
     outcomes: dict[str, dict] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def suite_fingerprint(cfg: DictConfig) -> str:
@@ -93,7 +97,9 @@ def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
     items = suite_items(cfg)
     scores: dict[str, dict] = {}
     outcomes: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
     for (task, chat, limit), group in _group(items).items():
+        started = time.perf_counter()
         output = simple_evaluate(model=lm, tasks=[task], task_manager=manager, apply_chat_template=chat, limit=limit,
                                  bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
                                  numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
@@ -103,7 +109,8 @@ def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
         for item in group:
             scores[item.name] = _score(item, results, samples)
             outcomes[item.name] = item_outcomes(item.metric, samples)
-    return SuiteResult(scores | aggregates(scores, cfg.get("aggregates") or {}), outcomes)
+        seconds["+".join(item.name for item in group)] = round(time.perf_counter() - started, 3)
+    return SuiteResult(scores | aggregates(scores, cfg.get("aggregates") or {}), outcomes, seconds)
 
 
 def aggregates(scores: dict[str, dict], spec) -> dict[str, dict]:

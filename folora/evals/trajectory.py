@@ -19,6 +19,7 @@ offset is not learning.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,20 @@ from omegaconf import DictConfig
 
 from folora.evals import kl
 from folora.training.loop import validation_loss
+from folora.training.rng import rng_state, set_rng_state
+
+
+@contextmanager
+def untouched(model: torch.nn.Module):
+    """Eval mode (no dropout) while open; afterwards the model's mode and every generator's state (Python, NumPy,
+    torch, CUDA) are as they were, so a measurement draws nothing the training would have drawn."""
+    was_training, state = model.training, rng_state()
+    model.eval()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+        model.train(was_training)
 
 
 @dataclass
@@ -45,9 +60,11 @@ class Trajectory:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, step: int) -> dict:
-        """The measures at training step `step` of the model being trained."""
-        return {"step": step, **self._measures(model, kl.next_token_logprobs(model, self.prompts, self.device,
-                                                                              self.precision))}
+        """The measures at training step `step` of the model being trained, in eval mode and with every random
+        generator's state put back afterwards: training never depends on whether or how often it is measured."""
+        with untouched(model):
+            return {"step": step, **self._measures(model, kl.next_token_logprobs(model, self.prompts, self.device,
+                                                                                  self.precision))}
 
     @torch.no_grad()
     def base_point(self, model: torch.nn.Module) -> dict:

@@ -42,7 +42,7 @@ from folora.records.fields import eval_metrics, summary_metrics
 from folora.records.identity import EXECUTION_KEYS, REPO, Identity, flat_config, identity, without_keys
 from folora.records.io import write_bytes_atomic, write_json_atomic
 from folora.records.loggers import start_logger
-from folora.records.run_record import host_info
+from folora.records.run_record import NUMERICS, host_info
 from folora.tasks.data import load_task_data
 from folora.training import precision
 from folora.training.device import apply_threads, pick_device
@@ -61,10 +61,10 @@ def comparable(config: dict) -> dict:
     return without_keys(flat_config(config), (*EXECUTION_KEYS, *LABEL_KEYS, *SOURCE_KEYS))
 
 
-def adoption_identity(config: dict, data: dict | None) -> Identity:
-    """What a cell is adopted by: its comparable config and the fingerprints of the data it read (`provenance`).
-    No code part: a grid's cells may come from several commits, each record naming its own."""
-    return identity("adoption", config=comparable(config), data=data or {})
+def adoption_identity(config: dict, data: dict | None, numerics: int = NUMERICS) -> Identity:
+    """What a cell is adopted by: its comparable config, the fingerprints of the data it read (`provenance`) and the
+    numerics version. No code digest: a grid's cells may come from several commits, each record naming its own."""
+    return identity("adoption", config=comparable(config), data=data or {}, code={"numerics": numerics})
 
 
 def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:
@@ -127,6 +127,8 @@ def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue   # a record being written, or not ours: never adopt what cannot be read
+            if record.get("numerics", 1) != NUMERICS:
+                continue   # computed with other numerics: never adopted into this version's table
             if record.get("status") == "completed" and same_computation(mine, adoption_identity(record.get("config", {}), None).config,
                                                                          overridden):
                 found.append((path, record))

