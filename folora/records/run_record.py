@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from folora.errors import FoloraError
+from folora.records.identity import package_versions as versions_of
 from folora.records.io import write_json_atomic
 
 PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf", "datasets", "wandb", "gguf",
@@ -25,14 +25,9 @@ NUMERICS = 2
 SCHEMA_VERSION = 2   # 2: paired changes with intervals, forgetting, preservation; per-document outcomes
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return versions
+def package_versions() -> dict[str, str | None]:
+    """Python's version and every package's in `PACKAGES` (None where one is not installed)."""
+    return {"python": platform.python_version(), **versions_of(PACKAGES)}
 
 
 def rewrite_entry(repo: Path, why: str, **fields) -> dict:
