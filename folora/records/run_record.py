@@ -20,7 +20,8 @@ PACKAGES = ("torch", "transformers", "peft", "lm_eval", "hydra-core", "omegaconf
 # are version 1.
 #   1: LoRA dropout 0.05; trajectory points measured in training mode, drawing from the training generators.
 #   2: dropout 0 (PEFT's default); trajectory points in eval mode with every generator's state kept, so training
-#      never depends on `eval.every`.
+#      never depends on `eval.every`; the final evaluation on a copy with the adapter merged into the weights.
+#      Still being completed; frozen when the grids are recomputed.
 NUMERICS = 2
 SCHEMA_VERSION = 2   # 2: paired changes with intervals, forgetting, preservation; per-document outcomes
 
