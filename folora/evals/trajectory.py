@@ -70,11 +70,11 @@ class Trajectory:
     def base_point(self, model: torch.nn.Module) -> dict:
         """The same measures on the base model (`model` before the method's `prepare`; its next-token
         log-probabilities are `reference`, so KL is zero): where learning and forgetting are measured from."""
-        return self._measures(model, self.reference)
+        with untouched(model):
+            return self._measures(model, self.reference)
 
     def _measures(self, model: torch.nn.Module, logprobs: list[torch.Tensor]) -> dict:
-        was_training = model.training
-        model.eval()
+        """The point's measures from the model's log-probabilities on the prompts (called in eval mode)."""
         per_prompt = kl.kl_per_prompt(self.reference, logprobs)
         nll, nbytes = 0.0, 0
         for ids, current, scored in zip(self.prompts, logprobs, self.plain_text, strict=True):
@@ -85,7 +85,6 @@ class Trajectory:
         if self.val_examples:
             point["val_loss"] = validation_loss(model, self.val_examples, pad_id=self.pad_id, device=self.device,
                                                 precision_used=self.precision)
-        model.train(was_training)
         return point
 
 

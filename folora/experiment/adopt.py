@@ -61,10 +61,15 @@ def comparable(config: dict) -> dict:
     return without_keys(flat_config(config), (*EXECUTION_KEYS, *LABEL_KEYS, *SOURCE_KEYS))
 
 
-def adoption_identity(config: dict, data: dict | None, numerics: int = NUMERICS) -> Identity:
+def adoption_identity(config: dict, data: dict | None, numerics: int) -> Identity:
     """What a cell is adopted by: its comparable config, the fingerprints of the data it read (`provenance`) and the
     numerics version. No code digest: a grid's cells may come from several commits, each record naming its own."""
     return identity("adoption", config=comparable(config), data=data or {}, code={"numerics": numerics})
+
+
+def recorded_identity(record: dict) -> Identity:
+    """The adoption identity of a written record (a record without `numerics` is version 1)."""
+    return adoption_identity(record.get("config", {}), record.get("data"), record.get("numerics", 1))
 
 
 def same_computation(mine: dict, theirs: dict, overridden: set[str]) -> bool:
@@ -116,7 +121,7 @@ def default_choices(primary: Path) -> dict[str, str]:
 def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir: Path) -> list[tuple[Path, dict]]:
     """(results.json path, its record) of the completed runs under `roots` (searched recursively) whose config
     computes what `cfg` does, newest first."""
-    mine = adoption_identity(OmegaConf.to_container(cfg, resolve=True), None).config
+    mine = adoption_identity(OmegaConf.to_container(cfg, resolve=True), None, NUMERICS)
     own = run_dir.resolve()
     found = []
     for root in roots:
@@ -127,10 +132,10 @@ def candidates(cfg: DictConfig, overridden: set[str], roots: list[Path], run_dir
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue   # a record being written, or not ours: never adopt what cannot be read
-            if record.get("numerics", 1) != NUMERICS:
-                continue   # computed with other numerics: never adopted into this version's table
-            if record.get("status") == "completed" and same_computation(mine, adoption_identity(record.get("config", {}), None).config,
-                                                                         overridden):
+            theirs = recorded_identity(record)
+            # computed with other numerics: never adopted into this version's table
+            if (record.get("status") == "completed" and theirs.code == mine.code
+                    and same_computation(mine.config, theirs.config, overridden)):
                 found.append((path, record))
     return sorted(found, key=lambda f: f[1].get("finished_at", ""), reverse=True)
 
@@ -192,17 +197,16 @@ def adopt_completed_run(cfg: DictConfig, run_dir: Path, overridden: set[str]) ->
         loaded = load_model(cfg.model)
         eval_precision = precision.resolve(cfg.eval.precision, device)
         data = provenance(cfg, loaded, load_task_data(cfg, loaded, loaded.model.to(device), device, eval_precision))
-        mine = adoption_identity(OmegaConf.to_container(cfg, resolve=True), data)
     except FoloraError:
         return None
     for source, found in sources:
-        if adoption_identity(found.get("config", {}), found.get("data")).data != mine.data:
+        if recorded_identity(found).data != data:   # the same config, but other task, suite or model data
             continue
         logger = None
         try:
             logger = instantiate(cfg.logger)
-            record = adopt(source, found, cfg, run_dir, logger,
-                                 host_info() | {"threads": torch.get_num_threads()}, REPO)
+            record = adopt(source, found, cfg, run_dir, logger, host_info() | {"threads": torch.get_num_threads()},
+                           REPO)
         except Exception as error:   # a source that cannot be copied: the next one, or compute the run
             if logger is not None:
                 logger.finish("failed")
