@@ -133,12 +133,12 @@ def test_per_sequence_stopping_gives_the_texts_lm_eval_would_score(tiny):
     every text equals stock HFLM's."""
     from lm_eval.models.huggingface import HFLM
 
-    from folora.evals.suite import suite_lm
+    from folora.evals.lm import suite_lm
 
     cfg, loaded, _ = tiny
     tokenizer, model = loaded.tokenizer, loaded.model.eval()
     stock = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=256)
-    ours = suite_lm(model, tokenizer, cfg.eval, "fp32")
+    ours = suite_lm(model, tokenizer, int(cfg.eval.batch_size), int(cfg.eval.max_length), "fp32")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     prompts = ["The cat", "Once upon a time there"]   # the seeded tiny model continues "atatex..." and "rerere..."
     context = tokenizer(prompts, return_tensors="pt", padding=True)["input_ids"]

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from folora.evals.items import EvalItem, suite_items
+from folora.evals.lm import suite_lm
 from folora.evals.outcomes import item_outcomes
 from folora.training import precision
 
@@ -58,27 +59,9 @@ def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision
     (bf16 autocast with the output head in fp32, or fp32): see `evaluate_lm`."""
     # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
     transformers_model = _transformers_model(model)
-    lm = suite_lm(transformers_model, tokenizer, cfg, precision_used)
+    lm = suite_lm(transformers_model, tokenizer, int(cfg.batch_size), int(cfg.max_length), precision_used)
     with precision.fp32_logits(transformers_model):
         return evaluate_lm(lm, cfg)
-
-
-def suite_lm(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used: str):
-    """lm-eval's HFLM over a built model, with two changes that only make it faster: bf16 autocast where the
-    precision says so (HFLM's own `mixed_precision_dtype`), and generation that stops each sequence at its own
-    first stop string, so a batch ends as soon as every sequence in it has finished."""
-    from lm_eval.models.huggingface import HFLM
-
-    class SuiteLM(HFLM):
-        def _model_generate(self, context, max_length, stop, **generation_kwargs):
-            # lm-eval's criteria stop a batch only once one stop string has appeared in every sequence; with
-            # transformers' per-sequence `stop_strings` a finished sequence stops and only pads until the others
-            # finish. lm-eval cuts each text at its first stop string either way: the scored texts are the same.
-            return super()._model_generate(context, max_length, stop, stop_strings=list(stop), tokenizer=self.tokenizer,
-                                           **generation_kwargs)
-
-    return SuiteLM(pretrained=model, tokenizer=tokenizer, batch_size=int(cfg.batch_size), max_length=int(cfg.max_length),
-                   mixed_precision_dtype=torch.bfloat16 if precision_used == "bf16" else None)
 
 
 def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
