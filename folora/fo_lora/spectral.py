@@ -46,13 +46,15 @@ def trace_normalize(c: torch.Tensor) -> torch.Tensor:
 
 
 def solve(c_t: torch.Tensor, c_p: torch.Tensor, damping: float = 1e-4, top_k: int | None = None,
-          max_tries: int = 8, dtype: torch.dtype = torch.float32) -> Basis:
-    """Generalized eigenvectors of (C_t, C_p + εI), ε = damping · mean(diag C_p) after trace normalization."""
-    c_t = trace_normalize(c_t.double())
-    c_p = trace_normalize(c_p.double())
+          max_tries: int = 8, dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype = torch.float64) -> Basis:
+    """Generalized eigenvectors of (C_t, C_p + εI), ε = damping · mean(diag C_p) after trace normalization, computed
+    at `compute_dtype` (float64; `python -m scripts.solve_precision` measures what float32 would change) and stored
+    at `dtype`."""
+    c_t = trace_normalize(c_t.to(compute_dtype))
+    c_p = trace_normalize(c_p.to(compute_dtype))
     c_t = (c_t + c_t.T) / 2
     c_p = (c_p + c_p.T) / 2
-    eye = torch.eye(c_p.shape[0], dtype=torch.float64, device=c_p.device)
+    eye = torch.eye(c_p.shape[0], dtype=compute_dtype, device=c_p.device)
     for _ in range(max_tries):
         damped = c_p + damping * eye
         chol, info = torch.linalg.cholesky_ex(damped)
