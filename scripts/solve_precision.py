@@ -50,11 +50,11 @@ def compare(c_t: torch.Tensor, c_p: torch.Tensor, damping: float, top_k: int | N
             "damping": [exact.damping, fast.damping], "seconds": {k: round(v, 3) for k, v in timings.items()}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.solve_precision", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny-random")
     parser.add_argument("--out", type=Path, help="write the per-group figures here as JSON")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["method=folora", *args.overrides])
     check_method_options(cfg.method)

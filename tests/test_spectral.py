@@ -76,7 +76,7 @@ def test_zero_covariance_is_refused_with_a_message():
         solve(torch.zeros(4, 4), torch.eye(4))
 
 
-def test_float32_solve_is_close_to_scipy_and_the_precision_script_reports_every_group(tmp_path, capsys):
+def test_float32_solve_is_close_to_scipy_and_the_precision_script_reports_every_group(tmp_path):
     """`compute_dtype=float32` solves the same problem to float32 accuracy; `scripts.solve_precision` compares both
     solves on every input group of a real calibration (the tiny model) and writes what it measured."""
     import json
@@ -91,12 +91,7 @@ def test_float32_solve_is_close_to_scipy_and_the_precision_script_reports_every_
     np.testing.assert_allclose(basis.lam.numpy(), reference, rtol=1e-3, atol=1e-5)
 
     out = tmp_path / "precision.json"
-    import sys
-    argv, sys.argv = sys.argv, ["solve_precision", "model=tiny-random", "task.sizes.train=64", "--out", str(out)]
-    try:
-        solve_precision.main()
-    finally:
-        sys.argv = argv
+    solve_precision.main(["model=tiny-random", "task.sizes.train=64", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["summary"]["groups"] == len(report["groups"]) > 0
     assert all(0 <= g["gate_max_diff"] < 1e-2 and g["seconds"]["float64"] > 0 for g in report["groups"].values())

@@ -51,13 +51,15 @@ def suite_lm(model: torch.nn.Module, tokenizer, batch_size: int, max_length: int
 
 def supports_shared_context(model: torch.nn.Module) -> bool:
     """A forward that takes a key-value cache, an attention mask and explicit positions (left-padded contexts)."""
-    parameters = inspect.signature(model.forward).parameters
-    return {"attention_mask", "position_ids"} <= set(parameters) and _cache_kwarg(model) is not None
+    return {"attention_mask", "position_ids"} <= _parameters(model) and _cache_kwarg(model) is not None
+
+
+def _parameters(model: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
-    parameters = inspect.signature(model.forward).parameters
-    return next((name for name in CACHE_KWARGS if name in parameters), None)
+    return next((name for name in CACHE_KWARGS if name in _parameters(model)), None)
 
 
 def shared_context_loglikelihoods(lm, requests: list[tuple[list[int], list[int]]], disable_tqdm: bool
@@ -74,9 +76,9 @@ def shared_context_loglikelihoods(lm, requests: list[tuple[list[int], list[int]]
         window = (context + continuation)[-(lm.max_length + 1):][:-1]
         prefixes.append(tuple(window[:len(window) - len(continuation) + 1]))
         continuations.append(tuple(continuation))
-    groups: dict[tuple, dict[tuple, int]] = {}
+    groups: dict[tuple, dict[tuple, None]] = {}   # context -> its distinct continuations, in order
     for prefix, continuation in zip(prefixes, continuations, strict=True):
-        groups.setdefault(prefix, {}).setdefault(continuation, len(groups[prefix]))
+        groups.setdefault(prefix, {})[continuation] = None
     order = sorted(groups, key=lambda p: (-len(p), p))   # longest first, as HFLM: a memory problem shows at once
     scored: dict[tuple, tuple[float, bool]] = {}
     batch_size = _batch_size(lm)
@@ -110,7 +112,7 @@ def _score_batch(lm, prefixes: list[tuple], continuations: list[list[tuple]]) ->
         mask[row, width - len(prefix):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in _parameters(lm.model) else {}
     out = _forward(lm, input_ids=ids, attention_mask=mask, position_ids=positions, **keep)
     last_logits = out.logits[:, -1].float()
     lse = torch.logsumexp(last_logits, dim=-1)
