@@ -1,7 +1,7 @@
 """Check that evaluating a run's adapter merged into the weights changes no item beyond its standard error:
 `python -m scripts.merged_eval_check RUN_FOLDER [--out check.json]`.
 
-A completed run's final evaluation scores its tuned model with the adapter merged into a copy of the fp32 weights
+A completed run's final evaluation scores its tuned model with the adapter merged into its fp32 weights (after the export)
 (`Method.for_evaluation`, numerics 2), which runs at the base model's speed. This loads the run's base model and
 its exported adapter (`adapter/`, PEFT format) and scores the run's eval suite twice at the run's eval precision:
 the PEFT model as it is (unmerged) and a merged copy. It prints, per item, both scores, their difference and the

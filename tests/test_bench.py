@@ -96,6 +96,7 @@ def test_bench_times_the_default_run_cold_and_warm(tmp_path):
                          "logger=none train.val_examples=2 method.proxy.num_sequences=8"])
     cold, warm = report["run"]["cold"], report["run"]["warm"]
     assert cold["wall_s"] > 0 and warm["wall_s"] > 0
+    assert 0.1 < cold["peak_rss_gib"] < 24 and max(cold["phases_peak_rss_gib"].values()) <= cold["peak_rss_gib"]
     assert {"load model", "base eval", "train", "final eval"} <= set(cold["phases_s"])
     assert warm["phases_s"]["base eval"] < cold["phases_s"]["base eval"]
     assert cold["precision"]["train"] in ("fp32", "bf16")
@@ -106,11 +107,12 @@ def test_bench_times_the_default_run_cold_and_warm(tmp_path):
 def test_the_run_table_lists_every_phase_of_both_runs():
     report = {"model": "m", "device": "d", "batch_size": 8, "seq_len": 128, "versions": {"torch": "x"},
               "run": {"cold": {"wall_s": 300.0, "phases_s": {"load model": 20.0, "base eval": 100.0, "train": 90.0},
-                               "train_tokens_per_s": 301.0},
+                               "train_tokens_per_s": 301.0, "peak_rss_gib": 2.5},
                       "warm": {"wall_s": 200.0, "phases_s": {"load model": 2.0, "base eval": 0.1, "train": 91.0},
-                               "train_tokens_per_s": 299.0}}}
+                               "train_tokens_per_s": 299.0, "peak_rss_gib": 2.25}}}
     text = bench.render(report)
     assert "base eval" in text and "100.0" in text and "0.1" in text and "whole process (wall)" in text
+    assert "peak resident memory (GiB)" in text and "2.50" in text and "2.25" in text
     assert text.count("\n  load model") == 1
 
 

@@ -30,6 +30,8 @@ def test_results_json_is_complete(tiny_run):
     assert results["train"]["steps"] == 3 and results["train"]["tokens"] > 0
     assert results["timing"]["train_tokens_per_s"] > 0 and results["timing"]["wall_s"] > 0
     assert {"load model", "base eval", "train", "final eval"} <= set(results["timing"]["phases_s"])
+    peaks = results["timing"]["phases_peak_rss_gib"]
+    assert set(peaks) == set(results["timing"]["phases_s"]) and all(0.1 < gib < 24 for gib in peaks.values())
     assert results["versions"]["torch"] and results["versions"]["lm_eval"]
     assert results["data"]["task"]["fingerprint"] and results["data"]["eval_suite"]["fingerprint"]
     assert results["config"]["method"]["rank"] == 16  # resolved config

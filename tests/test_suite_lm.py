@@ -80,12 +80,16 @@ def test_greedy_continuation_is_recognized(tokenizer):
     assert greedy and not other
 
 
-def test_rolling_loglikelihood_equals_stock(tokenizer):
-    """Bits per byte's requests: documents longer than the window, split into rolling windows."""
+@pytest.mark.parametrize("budget_rows", [None, 8])
+def test_rolling_loglikelihood_equals_stock(tokenizer, monkeypatch, budget_rows):
+    """Bits per byte's requests: documents longer than the window, split into rolling windows; with a small logits
+    budget each window also runs in slices of positions on the cache the slices before it filled."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     model = tiny("llama", len(tokenizer))
+    if budget_rows:
+        monkeypatch.setattr(suite_lm_module, "LOGITS_BUDGET", budget_rows * len(tokenizer))
     texts = ["the quick brown fox jumps over the lazy dog " * k for k in (1, 3, 9)]
     instances = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=i)
                  for i, text in enumerate(texts)]

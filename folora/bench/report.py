@@ -91,6 +91,8 @@ def render(report: dict) -> str:
                   for name in names]
         lines += [f"  {'whole process (wall)':42s} " + "  ".join(f"{f['wall_s']:7.1f}" for f in runs.values()),
                   f"  {'training tokens/s':42s} " + "  ".join(f"{f['train_tokens_per_s']:7.1f}" for f in runs.values())]
+        if all("peak_rss_gib" in f for f in runs.values()):
+            lines += [f"  {'peak resident memory (GiB)':42s} " + "  ".join(f"{f['peak_rss_gib']:7.2f}" for f in runs.values())]
         if "same_numbers_as_cold" in runs.get("warm", {}):
             lines += [f"  the warm run's numbers equal the cold run's: {runs['warm']['same_numbers_as_cold']}"]
     return "\n".join(lines)

@@ -255,9 +255,15 @@ def make_run_phases(model: str, precision_name: str, overrides: list[str] = ()) 
             command = [sys.executable, "-m", "folora.run", f"hydra.run.dir={run_dir}", f"model={model}",
                        *precision_overrides(precision_name), *overrides]
             start = time.perf_counter()
-            subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)   # this child's own resource use: its peak memory
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode:
+                raise subprocess.CalledProcessError(process.returncode, command)
             results = json.loads((run_dir / "results.json").read_text())
-            figures[label] = {"wall_s": time.perf_counter() - start, "phases_s": results["timing"]["phases_s"],
+            figures[label] = {"wall_s": time.perf_counter() - start, "peak_rss_gib": usage.ru_maxrss / 2 ** 20,
+                              "phases_s": results["timing"]["phases_s"],
+                              "phases_peak_rss_gib": results["timing"].get("phases_peak_rss_gib"),
                               "train_tokens_per_s": results["timing"]["train_tokens_per_s"],
                               "precision": results.get("precision")}
             numbers[label] = [results["train"]["loss_curve"], results["metrics"], results["kl_to_base"]]

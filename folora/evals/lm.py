@@ -126,10 +126,11 @@ def _score_batch(lm, prefixes: list[tuple], continuations: list[list[tuple]]) ->
     if not longer:
         return answers
     cache = next((getattr(out, name) for name in CACHE_KWARGS if getattr(out, name, None) is not None), None)
-    chunks = _chunks(longer, _batch_size(lm), vocab=out.logits.shape[-1])
+    vocab = out.logits.shape[-1]
+    chunks = _chunks(longer, _batch_size(lm), vocab)
     for k, chunk in enumerate(chunks):
         chunk_cache = cache if k == len(chunks) - 1 else copy.deepcopy(cache)
-        for (g, c), (logprob, greedy) in zip(chunk, _continue(lm, chunk_cache, mask, chunk), strict=True):
+        for (g, c), (logprob, greedy) in zip(chunk, _continue(lm, chunk_cache, mask, chunk, vocab), strict=True):
             first_logprob, first_greedy = answers[(prefixes[g], c)]
             answers[(prefixes[g], c)] = (first_logprob + logprob, first_greedy and greedy)
     return answers
@@ -146,8 +147,12 @@ def _chunks(rows: list[tuple[int, tuple]], batch_size: int, vocab: int) -> list[
     return chunks
 
 
-def _continue(lm, cache, context_mask: torch.Tensor, rows: list[tuple[int, tuple]]) -> list[tuple[float, bool]]:
-    """Run each row's continuation (but its last token) on its context's cache; score its tokens after the first."""
+def _continue(lm, cache, context_mask: torch.Tensor, rows: list[tuple[int, tuple]], vocab: int
+              ) -> list[tuple[float, bool]]:
+    """Run each row's continuation (but its last token) on its context's cache; score its tokens after the first.
+
+    A span whose logits exceed `LOGITS_BUDGET` even for one row (a bits-per-byte window of 2048 tokens is 400 MiB of
+    fp32 logits) runs in slices of positions, each on the cache the slices before it filled."""
     device, span = context_mask.device, max(len(c) for _, c in rows) - 1
     index = torch.tensor([g for g, _ in rows], device=device)
     cache.batch_select_indices(index)
@@ -159,13 +164,19 @@ def _continue(lm, cache, context_mask: torch.Tensor, rows: list[tuple[int, tuple
         targets[row, :len(c) - 1] = torch.tensor(c[1:])
         real[row, :len(c) - 1] = True
     ids, targets, real = ids.to(device), targets.to(device), real.to(device)
-    mask = torch.cat([context_mask[index], real.long()], dim=1)
-    positions = context_mask[index].sum(-1, keepdim=True) + torch.arange(span, device=device)
-    logits = _forward(lm, input_ids=ids, attention_mask=mask, position_ids=positions,
-                      **{_cache_kwarg(lm.model): cache}).logits
-    logprobs, greedy = _token_scores(logits.float(), targets)
-    logprob = (logprobs * real).sum(-1)
-    all_greedy = (greedy | ~real).all(-1)
+    context = context_mask[index]
+    positions = context.sum(-1, keepdim=True) + torch.arange(span, device=device)
+    logprob = torch.zeros(len(rows), device=device)
+    all_greedy = torch.ones(len(rows), dtype=torch.bool, device=device)
+    step = max(1, LOGITS_BUDGET // (len(rows) * vocab))
+    for start in range(0, span, step):
+        end = min(span, start + step)
+        mask = torch.cat([context, real[:, :end].long()], dim=1)
+        logits = _forward(lm, input_ids=ids[:, start:end], attention_mask=mask, position_ids=positions[:, start:end],
+                          **{_cache_kwarg(lm.model): cache}).logits
+        logprobs, greedy = _token_scores(logits.float(), targets[:, start:end])
+        logprob += (logprobs * real[:, start:end]).sum(-1)
+        all_greedy &= (greedy | ~real[:, start:end]).all(-1)
     return [(float(lp), bool(gr)) for lp, gr in zip(logprob, all_greedy, strict=True)]
 
 

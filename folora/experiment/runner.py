@@ -33,7 +33,7 @@ from folora.records.timing import Phases
 from folora.tasks.data import load_task_data
 from folora.training import precision
 from folora.training.checkpoint import Checkpointer, checkpoint_identity
-from folora.training.device import apply_threads, pick_device
+from folora.training.device import apply_threads, pick_device, release_memory
 from folora.training.loop import train, validation_loss
 from folora.training.rng import seed_everything
 from folora.training.signals import Interrupted
@@ -92,7 +92,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     if resume is not None:
         print(f"[folora] resuming from the checkpoint of step {resume['step']} in {checkpoints.folder}", flush=True)
         record.update(resumed_from_step=resume["step"])
-    phases = Phases()
+    phases = Phases(after=lambda: release_memory(device))
     with phases("load model"):
         loaded = load_model(cfg.model)
         model, tokenizer = loaded.model.to(device), loaded.tokenizer
@@ -122,20 +122,19 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
-    with phases("final eval"):
-        evaluated = method.for_evaluation(model)   # the adapter merged into a copy of the weights: base-model speed
-        final, kl_score, val_loss = final_evaluation(cfg, evaluated, tokenizer, task, trajectory, device,
-                                                     eval_precision)
-        del evaluated
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     with phases("export adapter"):
         method.export(model, run_dir / "adapter")
+    with phases("final eval"):
+        model = method.for_evaluation(model)   # exported first: the adapter is merged in place, base-model speed
+        final, kl_score, val_loss = final_evaluation(cfg, model, tokenizer, task, trajectory, device, eval_precision)
     outcomes.save(run_dir / "outcomes.json.gz", {"base": base.outcomes, "final": final.outcomes})
     logger.log(eval_metrics({item: score["value"] for item, score in final.scores.items()}, kl_score["value"]),
                summary.steps)
     return Outcome(method=method, base=base, base_cached=cached, final=final, kl=kl_score, validation_loss=val_loss,
                    base_point=base_point,
                    precision={"train": summary.precision, "eval": eval_precision},
-                   summary=summary, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   summary=summary, trainable=trainable,
                    phases=phases, adapter=run_dir / "adapter")
 
 

@@ -19,7 +19,6 @@ learning rate, which `train.lr` takes unless the command line sets it (conf/conf
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -110,11 +109,12 @@ class Method:
         model.save_pretrained(path)
 
     def for_evaluation(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The tuned model as the final evaluation scores it: for a PEFT model, a copy with the adapter merged into
-        the fp32 base weights (`merge_and_unload`), which runs at the base model's speed; the trained model itself is
-        left as it is, for the export. A method whose model has no adapter to merge returns it unchanged."""
+        """The tuned model as the final evaluation scores it, called once the adapter is exported: for a PEFT model,
+        the adapter merged into the fp32 base weights in place (`merge_and_unload`), which runs at the base model's
+        speed and needs no second copy of the weights. A method whose model has no adapter to merge returns it
+        unchanged."""
         if hasattr(model, "merge_and_unload"):
-            return copy.deepcopy(model).merge_and_unload()
+            return model.merge_and_unload()
         return model
 
 
