@@ -40,7 +40,7 @@ class LaLoRA(PeftLoRAMethod):
         require(curvature_samples > 0, f"method.curvature_samples={curvature_samples} must be positive.")
         self.lam, self.curvature, self.samples, self.data = float(lam), curvature, int(curvature_samples), data
         # num_sequences is curvature_samples: the one knob for the amount of curvature data
-        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("num_sequences", "seed"))
+        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("num_sequences", "seed", "min_tokens"))
         self.anchors: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []   # (θ, θ0, Λ)
         self.kfac: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (M, M0, Ā, Ḡ)·N
         self.stats: dict = {}

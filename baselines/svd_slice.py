@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from folora.errors import FoloraError
-from folora.methods.base import MethodContext, PeftLoRAMethod, lora_layers
+from folora.methods.base import MethodContext, PeftLoRAMethod, lora_layers, weight_out_in
 
 NAMED_OFFSETS = ("top", "bottom", "middle")
 
@@ -83,10 +83,10 @@ class SVDSlice(PeftLoRAMethod):
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         peft_model = self.wrap(model)
         for name, layer in lora_layers(peft_model):
-            base = layer.base_layer
-            a, b, residual, selected = svd_slice(base.weight, self.lora_config.r, self.offset, layer.scaling["default"])
+            weight = weight_out_in(layer)   # out × in, also for a Conv1D layer (stored in × out)
+            a, b, residual, selected = svd_slice(weight, self.lora_config.r, self.offset, layer.scaling["default"])
             with torch.no_grad():
-                base.weight.copy_(residual.to(base.weight.dtype))
+                weight.copy_(residual.to(weight.dtype))
                 layer.lora_A["default"].weight.copy_(a)
                 layer.lora_B["default"].weight.copy_(b)
             self.selected[name] = selected

@@ -85,6 +85,8 @@ def proxy_config(**overrides):
     from folora.calibration.proxy import ProxyConfig
 
     block = OmegaConf.to_container(method_config("folora").proxy, resolve=True)
+    if block["num_sequences"] == "auto":   # sized by the model's layers in a run; a fixed number here
+        block["num_sequences"] = 16
     return ProxyConfig(**{**block, "seed": 0, **overrides})
 
 

@@ -175,3 +175,84 @@ def test_runs_that_differ_only_in_training_options_share_one_calibration(tiny, t
                        (folora(**options), context(seed=1)),
                        (folora(**options), context(train=[dict(e, input_ids=e["input_ids"][:-1]) for e in examples]))):
         assert shared_calibration(other, fresh(), ctx, tiny.fingerprint).key != shared.key
+
+
+def test_ungated_folora_in_weight_coordinates_is_lora(tiny, tmp_path):
+    """κ = 0 with `coordinates: weight` reproduces LoRA's loss curve (the same initialization, Adam's own steps)."""
+    from folora.training.loop import batches, make_trainer, training_step
+    from folora.training.rng import seed_everything
+    from tests.conftest import composed, model_and_task
+
+    cfg, loaded, task = model_and_task(composed("model=tiny-random", "task.sizes.train=32"))
+    train_cfg = OmegaConf.merge(cfg.train, {"steps": 6, "lr": 5e-3})
+    curves = {}
+    for name, method in (("lora", method_from_conf("lora")),
+                         ("folora", folora(kappa=0.0, coordinates="weight",
+                                           proxy={"num_sequences": 8, "length": 8, "batch_size": 4}))):
+        seed_everything(0)
+        model = method.prepare(load_model(cfg.model).model, method_context(loaded, tmp_path, task.train))
+        trainer = make_trainer(model.train(), method, train_cfg, torch.device("cpu"))
+        stream = batches(task.train, 4, loaded.tokenizer.pad_token_id, seed=0)
+        curves[name] = [training_step(trainer, [next(stream)], step).loss for step in range(6)]
+    assert curves["folora"] == pytest.approx(curves["lora"], abs=1e-6)
+    assert curves["lora"][-1] < curves["lora"][0]
+
+
+def test_auto_proxy_size_covers_the_widest_input_and_a_short_proxy_is_reported(tiny, tmp_path, capsys):
+    examples = [{"input_ids": list(range(3, 20)), "labels": list(range(3, 20))} for _ in range(4)]
+    widest = tiny.model.config.intermediate_size   # down_proj's input
+    auto = folora(proxy={"length": 16, "batch_size": 8}, calibration={"task_examples": 4})
+    auto.prepare(load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml")).model,
+                 method_context(tiny, tmp_path, examples))
+    stats = auto.summary()["calibration"]
+    assert stats["proxy"]["num_sequences"] == -(-4 * widest // 16) and stats["proxy_tokens"] >= 4 * widest
+    assert not stats["proxy_tokens_below_width"]
+    conditioning = stats["proxy_conditioning"]
+    assert set(conditioning) == set(auto.bases)
+    assert all(0 < c["effective_rank"] <= c["dim"] and c["condition_damped"] >= 1 for c in conditioning.values())
+
+    short = folora(proxy={"num_sequences": 2, "length": 8, "batch_size": 2}, calibration={"task_examples": 4})
+    short.prepare(load_model(OmegaConf.load(REPO / "conf/model/tiny-random.yaml")).model,
+                  method_context(tiny, tmp_path, examples))
+    stats = short.summary()["calibration"]
+    assert stats["proxy_tokens"] < widest and stats["proxy_tokens_below_width"]
+    assert "fewer than the input width" in capsys.readouterr().out
+    for group, dim in stats["proxy_tokens_below_width"].items():   # rank ≤ tokens: the rest is held by ε alone
+        assert stats["proxy_conditioning"][group]["below_damping"] >= dim - stats["proxy_tokens"]
+
+
+class _BoostEOS:
+    """A logits processor that makes EOS likely, so a tiny random model ends its sequences early."""
+
+    def __init__(self, eos: int):
+        self.eos = eos
+
+    def __call__(self, input_ids, scores):
+        scores[:, self.eos] += 6.0
+        return scores
+
+
+@pytest.mark.parametrize("start", ["bos", "chat"])
+def test_proxy_sequences_stop_at_eos_and_chat_samples_are_conversations(tiny, tmp_path, start, monkeypatch):
+    from functools import partial
+
+    from folora.calibration.proxy import chat_turns
+
+    model, tokenizer = tiny.model, tiny.tokenizer
+    monkeypatch.setattr(model, "generate", partial(model.generate, logits_processor=[_BoostEOS(tokenizer.eos_token_id)]))
+    cfg = proxy_config(num_sequences=12, length=10, batch_size=6, stop_at_eos=True, start=start, min_tokens=60)
+    proxy = sample_proxy(model, tokenizer, cfg, model_fingerprint=tiny.fingerprint, cache_dir=tmp_path,
+                         device=torch.device("cpu"))
+    assert len(proxy.sequences) >= 12 and sum(map(len, proxy.sequences)) >= 60
+    opening, reply = chat_turns(tokenizer) if start == "chat" else ([tokenizer.bos_token_id], [])
+    ended = 0
+    for sequence in proxy.sequences:
+        assert sequence[:len(opening)] == opening
+        new = sequence[len(opening):]
+        eos_at = [i for i, token in enumerate(new) if token == tokenizer.eos_token_id]
+        if start == "bos":
+            assert len(new) <= 10 and eos_at in ([], [len(new) - 1])   # ends at its first EOS, or at the length
+            ended += bool(eos_at)
+        elif any(new[i:i + len(reply)] == reply for i in range(len(new))):   # a user turn, then the reply's own
+            ended += 1
+    assert ended > 0

@@ -206,3 +206,43 @@ def test_state_dict_round_trip_continues_identically():
         step(fresh, a2, b2)
     torch.testing.assert_close(a2.detach(), a.detach(), atol=0, rtol=0)
     torch.testing.assert_close(b2.detach(), b.detach(), atol=0, rtol=0)
+
+
+def test_weight_coordinates_with_open_gates_are_exactly_adam_on_a_and_b():
+    """`coordinates="weight"` at κ = 0: the step is torch's Adam on A and on B, so FoLoRA is LoRA."""
+    x, y = data()
+    basis = solve(covariance(x), covariance(x[:40] * 2), dtype=torch.float64)
+    a, b = make_pair()
+    a_ref, b_ref = copy.deepcopy(a), copy.deepcopy(b)
+    opt = GatedSpectralAdam([(a, b, basis)], lr=1e-2, kappa=0.0, coordinates="weight")
+    ref = torch.optim.Adam([a_ref, b_ref], lr=1e-2)
+    for _ in range(6):
+        for optimizer, (pa, pb) in ((opt, (a, b)), (ref, (a_ref, b_ref))):
+            optimizer.zero_grad()
+            regression_loss(pa, pb, x, y).backward()
+            optimizer.step()
+    torch.testing.assert_close(a.detach(), a_ref.detach(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(b.detach(), b_ref.detach(), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_weight_coordinates_gate_adams_step_as_the_oblique_projection(top_k):
+    """One step: ΔA = −lr · (D·PV) diag(g) Vᵀ (plus the left-out directions' part scaled by their mean gate), D the
+    Adam direction of A in its own coordinates (first step: grad / (|grad| + eps))."""
+    x, y = data()
+    c_t, c_p = covariance(x[:20] * 3), covariance(x)
+    basis = solve(c_t, c_p, dtype=torch.float64, top_k=top_k)
+    a, b = make_pair()
+    start = a.detach().clone()
+    opt = GatedSpectralAdam([(a, b, basis)], lr=1e-2, kappa=1.0, coordinates="weight", gate_b=False)
+    regression_loss(a, b, x, y).backward()
+    grad = a.grad.detach().clone()
+    opt.step()
+    direction = grad / (grad.abs() + 1e-8)
+    coords = direction @ basis.PV
+    expected = (coords * gate(basis.lam, "rational", 1.0)) @ basis.V.T
+    if top_k:
+        expected = expected + gate(basis.lam_rest, "rational", 1.0).mean() * (direction - coords @ basis.V.T)
+    torch.testing.assert_close(a.detach(), start - 1e-2 * expected, atol=1e-12, rtol=1e-9)
+    full = solve(c_t, c_p, dtype=torch.float64)   # every gate 1: the projection is the identity
+    torch.testing.assert_close(direction @ full.PV @ full.V.T, direction, atol=1e-8, rtol=1e-6)

@@ -95,3 +95,16 @@ def test_float32_solve_is_close_to_scipy_and_the_precision_script_reports_every_
     report = json.loads(out.read_text())
     assert report["summary"]["groups"] == len(report["groups"]) > 0
     assert all(0 <= g["gate_max_diff"] < 1e-2 and g["seconds"]["float64"] > 0 for g in report["groups"].values())
+
+
+def test_proxy_conditioning_counts_the_directions_the_data_do_not_hold():
+    from folora.fo_lora.spectral import proxy_conditioning
+
+    generator = torch.Generator().manual_seed(0)
+    spread = proxy_conditioning(torch.eye(12) * 3.0, damping=1e-4)
+    assert spread["effective_rank"] == pytest.approx(12, abs=0.05) and spread["below_damping"] == 0
+    assert spread["condition_damped"] == pytest.approx(1.0)
+    x = torch.randn(5, 12, generator=generator)   # 5 tokens in 12 dimensions: rank 5
+    short = proxy_conditioning(x.T @ x / 5, damping=1e-4)
+    assert short["below_damping"] == 7 and short["effective_rank"] <= 5
+    assert short["condition_damped"] > 1e3

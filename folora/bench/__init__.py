@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from hydra.utils import get_method
 
-from folora.bench.flops import ceiling, predict_8b
+from folora.bench.flops import LLAMA_8B, ceiling, predict_8b
 from folora.bench.report import device_name, render
 from folora.bench.sections import (
     REPO,
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> dict:
         rows = scaling([int(w) for w in options["widths"].split(",")], [int(r) for r in options["ranks"].split(",")],
                        device, steps, warmup, options["precision"])
         reference = report.get("overhead", {}).get("calibration_split") or {**rows[-1], "name": "tiny-random"}
-        report["scaling"] = {"rows": rows, "prediction_8b": predict_8b(reference, calibration_tokens(cfg))}
+        report["scaling"] = {"rows": rows, "prediction_8b": predict_8b(reference, calibration_tokens(LLAMA_8B["intermediate"]))}
     if "shapes8b" in sections:   # GPU: the real widths and 32 layers; CPU: smaller solves, 2 layers
         cuda = device.type == "cuda"
         widths = [int(w) for w in (options["shape_widths"] or ("4096,14336" if cuda else "1024,2048,4096")).split(",")]

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora.bench.flops import sum_d_cubed, sum_d_squared
 from folora.bench.timing import Clock
+from folora.fo_lora.method import auto_proxy_sequences
 from folora.methods.base import MethodContext
 from folora.models import load_model
 from folora.records.timing import Phases
@@ -215,10 +216,14 @@ def calibration_split(phases: dict, stats: dict, model: torch.nn.Module) -> dict
             "sum_d_in_squared": sum_d_squared(model), "sum_d_in_cubed": sum_d_cubed(model)}
 
 
-def calibration_tokens(cfg: DictConfig) -> int:
-    """Tokens the default FoLoRA calibration reads: the proxy sequences plus about 200 per task example."""
+def calibration_tokens(widest: int) -> int:
+    """Tokens the default FoLoRA calibration reads on a model whose widest adapted input is `widest`: the proxy
+    sequences (`auto`: sized to that width) plus about 200 per task example."""
     folora = config("method=folora").method
-    return int(folora.proxy.num_sequences) * int(folora.proxy.length) + int(folora.calibration.task_examples) * 200
+    length, sequences = int(folora.proxy.length), folora.proxy.num_sequences
+    if sequences == "auto":
+        sequences = auto_proxy_sequences(widest, length, float(folora.proxy_tokens_per_width))
+    return int(sequences) * length + int(folora.calibration.task_examples) * 200
 
 
 def overhead(options: dict, device, steps: int, warmup: int, task, tokenizer, evaluation: dict) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from folora.methods.base import layer_shape
 from folora.training import precision
 
 
@@ -55,8 +56,7 @@ def _record_input(reads: dict, name: str):
 
 
 def _in_features(module: torch.nn.Module) -> int:
-    base = getattr(module, "base_layer", module)
-    return base.in_features
+    return layer_shape(module)[1]
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from folora.records.io import cache_lock, write_json_atomic
 from folora.training import precision
 
 # Short, topic-neutral openings for `start: seeds`: prose, dialogue, code and lists, so no domain dominates.
+STARTS = ("bos", "random_token", "seeds", "chat")
 NEUTRAL_SEEDS = ("The", "In", "A", "It", "When", "We", "This", "There", "One", "I", "def", "import", "#", "1.",
                  "Q:", "Once")
 
@@ -32,19 +33,24 @@ class ProxyConfig:
     """How proxy sequences are sampled; every field is part of the cache key. The values come from the method's
     YAML (`method.proxy`, conf/method/folora.yaml) and the run's seed: no defaults here."""
 
-    num_sequences: int
-    length: int                 # new tokens sampled after the start token(s)
-    start: str                  # bos | random_token | seeds
+    num_sequences: int | str    # at least this many distinct sequences (FoLoRA's YAML may say `auto`: the method
+                                # resolves it to a number from the adapted layers' widths before sampling)
+    length: int                 # new tokens sampled after the start (per turn with start=chat); exactly this many
+                                # unless stop_at_eos
+    start: str                  # bos | random_token | seeds | chat (a conversation in the tokenizer's chat template)
     temperature: float
     top_p: float
+    stop_at_eos: bool           # end each sequence at the model's end-of-sequence token, as the model itself would
+                                # (false: EOS suppressed, every sequence `length` tokens)
     batch_size: int
     seed: int
+    min_tokens: int = 0         # and at least this many tokens in all (FoLoRA's `num_sequences: auto`), sampling on
 
     def validate(self) -> None:
-        require(self.num_sequences > 0 and self.length > 0,
+        require(isinstance(self.num_sequences, int) and self.num_sequences > 0 and self.length > 0,
                 f"proxy.num_sequences={self.num_sequences} and proxy.length={self.length} must be positive.")
-        require(self.start in ("bos", "random_token", "seeds"),
-                f"proxy.start={self.start!r} must be one of bos, random_token, seeds.")
+        require(self.start in STARTS, f"proxy.start={self.start!r} must be one of {', '.join(STARTS)}.")
+        require(self.min_tokens >= 0, f"proxy min_tokens={self.min_tokens} must be >= 0.")
         require(self.temperature > 0 and 0 < self.top_p <= 1,
                 f"proxy.temperature={self.temperature} must be > 0 and proxy.top_p={self.top_p} in (0, 1].")
 
@@ -81,6 +87,8 @@ def _start_ids(tokenizer, cfg: ProxyConfig, count: int, generator: torch.Generat
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if cfg.start == "bos":
         return [[bos]] * count
+    if cfg.start == "chat":
+        return [chat_turns(tokenizer)[0]] * count
     if cfg.start == "random_token":
         special = set(tokenizer.all_special_ids)
         ids = torch.randint(0, len(tokenizer), (count * 2,), generator=generator).tolist()
@@ -89,46 +97,99 @@ def _start_ids(tokenizer, cfg: ProxyConfig, count: int, generator: torch.Generat
     return [[bos, *seeds[i % len(seeds)]] for i in range(count)]
 
 
+def chat_turns(tokenizer) -> tuple[list[int], list[int]]:
+    """(the chat template's opening up to a user message's text, what it puts between that message and the
+    assistant's reply), as token ids: a conversation sampled from the model starts with the first, and its
+    assistant turn with the second after the user turn the model wrote."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise FoloraError("proxy.start=chat needs a tokenizer with a chat template; this model's has none. Use "
+                          "method.proxy.start=bos.")
+    marker = "\u2063folora-user-text\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                         add_generation_prompt=True)
+    before, after = text.split(marker)
+    return (tokenizer(before, add_special_tokens=False)["input_ids"],
+            tokenizer(after, add_special_tokens=False)["input_ids"])
+
+
 @torch.no_grad()
 def _sample(model, tokenizer, cfg: ProxyConfig, device: torch.device) -> list[list[int]]:
     generator = torch.Generator().manual_seed(cfg.seed)
-    seen, sequences = set(), []
+    seen, sequences, tokens = set(), [], 0
     was_training = model.training
     model.eval()
-    # Duplicates (rare at temperature 1) are replaced by sampling more, up to a bounded number of extra batches.
-    max_batches = 2 * -(-cfg.num_sequences // cfg.batch_size) + 2
+    # Duplicates (rare at temperature 1) and sequences ended early by EOS are made up for by sampling more batches,
+    # up to a bounded number.
+    nominal = max(-(-cfg.num_sequences // cfg.batch_size), -(-cfg.min_tokens // (cfg.batch_size * cfg.length)))
+    max_batches = (8 if cfg.stop_at_eos else 2) * nominal + 2
     progress = tqdm(total=cfg.num_sequences, desc="proxy sampling", unit="seq", dynamic_ncols=True)
     for batch_index in range(max_batches):
-        if len(sequences) >= cfg.num_sequences:
+        if len(sequences) >= cfg.num_sequences and tokens >= cfg.min_tokens:
             break
         starts = _start_ids(tokenizer, cfg, cfg.batch_size, generator)
         for sequence in _generate(model, tokenizer, starts, cfg, device, seed=cfg.seed * 100_003 + batch_index):
-            if tuple(sequence) not in seen and len(sequences) < cfg.num_sequences:
+            if tuple(sequence) not in seen and (len(sequences) < cfg.num_sequences or tokens < cfg.min_tokens):
                 seen.add(tuple(sequence))
                 sequences.append(sequence)
+                tokens += len(sequence)
                 progress.update(1)
     progress.close()
     model.train(was_training)
-    if len(sequences) < cfg.num_sequences:
-        raise FoloraError(f"Proxy sampling produced only {len(sequences)} distinct sequences of {cfg.num_sequences}; "
-                          "raise proxy.temperature or use proxy.start=random_token.")
+    if len(sequences) < cfg.num_sequences or tokens < cfg.min_tokens:
+        raise FoloraError(f"Proxy sampling produced only {len(sequences)} distinct sequences ({tokens} tokens) of "
+                          f"{cfg.num_sequences} ({cfg.min_tokens} tokens); raise proxy.temperature, proxy.length or "
+                          "use proxy.start=random_token.")
     return sequences
 
 
 def _generate(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, device, seed: int) -> list[list[int]]:
-    """One batch of sampled continuations (left-padded starts, KV cache); generation stops only at `length`."""
-    width = max(len(s) for s in starts)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in starts], device=device)
-    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in starts], device=device)
+    """One batch of sampled continuations of `starts` (with start=chat and stop_at_eos: a user turn, then the
+    assistant's reply to it)."""
     # generate() samples from the global generator: seed it inside a fork, so the caller's random state (adapter
     # initialization, dropout) is the same whether or not the proxy came from the cache.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
-                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.length,
-                                min_new_tokens=cfg.length, pad_token_id=pad, use_cache=True)
-    return [s + output[i, width:].tolist() for i, s in enumerate(starts)]
+        sequences = _continue(model, tokenizer, starts, cfg, device)
+        if cfg.start == "chat" and cfg.stop_at_eos:
+            reply = chat_turns(tokenizer)[1]
+            ended = [s[-1] in _eos_ids(model, tokenizer) for s in sequences]
+            turns = [s[:-1] + reply if done else s for s, done in zip(sequences, ended, strict=True)]
+            replies = _continue(model, tokenizer, [t for t, done in zip(turns, ended, strict=True) if done], cfg, device)
+            it = iter(replies)
+            sequences = [next(it) if done else s for s, done in zip(sequences, ended, strict=True)]
+    return sequences
+
+
+def _continue(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, device) -> list[list[int]]:
+    """Each start with up to `length` sampled tokens (left-padded batch, KV cache); with stop_at_eos a sequence ends
+    with the first end-of-sequence token it samples, else EOS is suppressed and every sequence gets `length`."""
+    if not starts:
+        return []
+    width = max(len(s) for s in starts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in starts], device=device)
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in starts], device=device)
+    eos = sorted(_eos_ids(model, tokenizer))
+    output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=cfg.temperature,
+                            top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.length,
+                            min_new_tokens=None if cfg.stop_at_eos else cfg.length, eos_token_id=eos,
+                            pad_token_id=pad, use_cache=True)
+    out = []
+    for row, start in zip(output[:, width:].tolist(), starts, strict=True):
+        if cfg.stop_at_eos:
+            end = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
+            row = row[:end]   # through its EOS: the padding after it is never a proxy token
+        out.append(start + row)
+    return out
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a sequence: the model's generation config's (one or several) and the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
 
 
 def sequence_stats(sequences: list[list[int]], tokenizer) -> dict:

@@ -16,6 +16,11 @@ with a known utility per unit penalty λ_j.
   gated in Y coordinates: ΔB ← ΔB · (A C_p Aᵀ) W diag(g(μ)) Wᵀ, which is ΔB itself when every gate is 1.
 
 Either side can be switched off (plain Adam there). Weight decay is decoupled (AdamW).
+
+`coordinates="weight"` keeps A's Adam moments and normalization in A's own coordinates instead and gates Adam's step
+D as the C_p-oblique projection ΔA = (D·PV) diag(g) Vᵀ, which is D itself when every gate is 1 (D = (D·PV)·Vᵀ for a
+full basis): at κ = 0 the step is plain Adam's, so FoLoRA is LoRA, and only the gate separates the two. In top-k
+mode the directions left out get D − (D·PV)·Vᵀ scaled by the mean of their gates.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from folora.fo_lora.spectral import Basis
 
 GATES = ("rational", "sigmoid", "hard", "none")
+COORDINATES = ("spectral", "weight")
 
 
 def gate(lam: torch.Tensor, kind: str, kappa: float, tau: float = 1.0) -> torch.Tensor:
@@ -79,11 +85,14 @@ class GatedSpectralAdam(torch.optim.Optimizer):
 
     def __init__(self, pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter, Basis]], other_params=(), *,
                  lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, gate_kind: str = "rational",
-                 kappa: float = 1.0, tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, b_damping: float = 1e-6):
+                 kappa: float = 1.0, tau: float = 1.0, gate_a: bool = True, gate_b: bool = True, b_damping: float = 1e-6,
+                 coordinates: str = "spectral"):
         if gate_kind not in GATES:
             raise ValueError(f"gate {gate_kind!r} is not one of {GATES}")
+        if coordinates not in COORDINATES:
+            raise ValueError(f"coordinates {coordinates!r} is not one of {COORDINATES}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, gate_kind=gate_kind, kappa=kappa,
-                        tau=tau, gate_a=gate_a, gate_b=gate_b, b_damping=b_damping)
+                        tau=tau, gate_a=gate_a, gate_b=gate_b, b_damping=b_damping, coordinates=coordinates)
         groups = [{"params": [a, b], "V": basis.V, "PV": basis.PV, "lam": basis.lam, "lam_rest": basis.lam_rest}
                   for a, b, basis in pairs]
         other = [p for p in other_params]
@@ -120,7 +129,10 @@ class GatedSpectralAdam(torch.optim.Optimizer):
         # B's gate needs A before this step's change: both sides see the same point.
         transforms = self._b_transforms([g for g in spectral if g["gate_b"] and g["params"][1].grad is not None])
         for shared in _sharing_a_basis([g for g in spectral if g["gate_a"] and g["params"][0].grad is not None]):
-            self._a_side(shared)
+            if shared[0]["coordinates"] == "weight":
+                self._a_side_weight(shared)
+            else:
+                self._a_side(shared)
         for group in spectral:
             a, b = group["params"]
             if a.grad is not None and not group["gate_a"]:
@@ -136,8 +148,9 @@ class GatedSpectralAdam(torch.optim.Optimizer):
 
     # --- the pieces -------------------------------------------------------------------------------------------
 
-    def _adam_direction(self, state: dict, grad: torch.Tensor, group: dict, prefix: str = "") -> torch.Tensor:
-        """Update the moments named `prefix`exp_avg(_sq) with `grad`; return m̂ / (√v̂ + eps)."""
+    def _moments(self, state: dict, grad: torch.Tensor, group: dict, prefix: str = ""):
+        """Update the moments named `prefix`exp_avg(_sq) with `grad`; return (m, √v̂ + eps, 1 − β₁ᵗ), in the
+        arithmetic of torch's own Adam, so that an ungated step is Adam's to the last bit."""
         beta1, beta2 = group["betas"]
         if prefix + "exp_avg" not in state:
             state[prefix + "exp_avg"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
@@ -146,9 +159,13 @@ class GatedSpectralAdam(torch.optim.Optimizer):
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step = state["step"]
-        m_hat = m / (1 - beta1 ** step)
-        v_hat = v / (1 - beta2 ** step)
-        return m_hat / (v_hat.sqrt() + group["eps"])
+        denom = (v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(group["eps"])
+        return m, denom, 1 - beta1 ** step
+
+    def _adam_direction(self, state: dict, grad: torch.Tensor, group: dict, prefix: str = "") -> torch.Tensor:
+        """Update the moments named `prefix`exp_avg(_sq) with `grad`; return m̂ / (√v̂ + eps)."""
+        m, denom, bias_correction = self._moments(state, grad, group, prefix)
+        return m / denom / bias_correction
 
     def _begin(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]
@@ -158,8 +175,10 @@ class GatedSpectralAdam(torch.optim.Optimizer):
         return state
 
     def _plain(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        """Adam's (AdamW's) own step, as torch computes it."""
         state = self._begin(p, group)
-        p.add_(self._adam_direction(state, grad, group), alpha=-group["lr"])
+        m, denom, bias_correction = self._moments(state, grad, group)
+        p.addcdiv_(m, denom, value=-(group["lr"] / bias_correction))
 
     def _a_side(self, groups: list[dict]) -> None:
         """A's gated step for the pairs of `groups`, which share one basis: their gradients are stacked by rows so
@@ -179,6 +198,29 @@ class GatedSpectralAdam(torch.optim.Optimizer):
             step_rest = torch.cat([self._adam_direction(state, grad_rest[rows[i]], g, "rest_") * _rest_gate(g)
                                    for i, (g, state) in enumerate(zip(groups, states, strict=True))])
             update = update + (step_rest - (step_rest @ PV) @ V.T)
+        for i, g in enumerate(groups):
+            a = g["params"][0]
+            a.add_(update[rows[i]].to(a.dtype), alpha=-g["lr"])
+
+    def _a_side_weight(self, groups: list[dict]) -> None:
+        """A's step with Adam in A's own coordinates, gated as the oblique projection (D·PV) diag(g) Vᵀ; where every
+        gate is 1 the projection, the identity in exact arithmetic, is not applied: κ = 0 is exactly LoRA's step."""
+        first = groups[0]
+        gates = gate(first["lam"], first["gate_kind"], first["kappa"], first["tau"])
+        rest = _rest_gate(first) if first["lam_rest"] is not None else None
+        if bool((gates == 1).all()) and (rest is None or bool(rest == 1)):
+            for g in groups:
+                self._plain(g["params"][0], g["params"][0].grad, g)
+            return
+        V, PV = _computing(first["V"]), _computing(first["PV"])
+        states = [self._begin(g["params"][0], g) for g in groups]
+        rows = _row_slices([g["params"][0] for g in groups])
+        stacked = torch.cat([self._adam_direction(state, g["params"][0].grad, g)
+                             for g, state in zip(groups, states, strict=True)]).to(V.dtype)
+        coords = stacked @ PV
+        update = (coords * gates) @ V.T
+        if rest is not None:   # top-k mode: the left-out directions, D's part outside the kept ones
+            update = update + rest * (stacked - coords @ V.T)
         for i, g in enumerate(groups):
             a = g["params"][0]
             a.add_(update[rows[i]].to(a.dtype), alpha=-g["lr"])
@@ -216,15 +258,17 @@ class GatedSpectralAdam(torch.optim.Optimizer):
             transform = m_p @ (w * g[:, None, :]) @ w.transpose(1, 2)
             for j, (i, mean) in enumerate(zip(members, g.mean(-1).tolist(), strict=True)):
                 self.state[ordered[i]["params"][0]]["b_gate_mean"] = mean
-                out[id(ordered[i])] = transform[j]
+                if mean < 1:   # every gate 1: the transform is the identity in exact arithmetic; B gets Adam's step
+                    out[id(ordered[i])] = transform[j]
         return out
 
     def _b_side(self, b: torch.nn.Parameter, transform: torch.Tensor | None, group: dict) -> None:
+        if transform is None:   # not gated, or every gate 1
+            self._plain(b, b.grad, group)
+            return
         state = self._begin(b, group)
         direction = self._adam_direction(state, b.grad, group)
-        if transform is not None:
-            direction = direction @ transform.to(direction.dtype)
-        b.add_(direction, alpha=-group["lr"])
+        b.add_(direction @ transform.to(direction.dtype), alpha=-group["lr"])
 
     # --- what is watched while training ----------------------------------------------------------------------
 

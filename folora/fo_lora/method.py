@@ -16,6 +16,7 @@ basis recomputed every `refresh_every` steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,13 +26,14 @@ from omegaconf import DictConfig
 from folora.calibration.covariance import InputGroup, find_input_groups, streamed_covariances, token_batches
 from folora.calibration.proxy import ProxyConfig, sample_proxy
 from folora.errors import require
-from folora.fo_lora.gated_adam import GATES, GatedSpectralAdam
+from folora.fo_lora.gated_adam import COORDINATES, GATES, GatedSpectralAdam
 from folora.fo_lora.memory import BASIS_DTYPES, check_fits, choose_plan, device_memory, top_k_for
-from folora.fo_lora.spectral import Basis, solve
+from folora.fo_lora.spectral import Basis, proxy_conditioning, solve
 from folora.methods.base import (
     MethodContext,
     PeftLoRAMethod,
     check_rank,
+    layer_shape,
     linear_layer_names,
     lora_layers,
 )
@@ -61,8 +63,10 @@ class FoLoRA(PeftLoRAMethod):
     def __init__(self, *, kappa: float, gate: str, tau: float, gate_a: bool, gate_b: bool, a_init: str,
                  damping: float, top_k: int | str | None, top_k_fraction: float, top_k_min_dim: int, b_damping: float,
                  basis_dtype: str, refresh_every: int, refresh_ema: float, proxy: dict, calibration: dict,
-                 **lora_options):
+                 proxy_tokens_per_width: float, coordinates: str, **lora_options):
         super().__init__(**lora_options)
+        require(coordinates in COORDINATES, f"method.coordinates={coordinates!r} is not one of {', '.join(COORDINATES)}.")
+        self.coordinates = coordinates
         require(gate in GATES, f"method.gate={gate!r} is not one of {', '.join(GATES)}.")
         require(kappa >= 0, f"method.kappa={kappa} must be >= 0 (0 turns the gates off).")
         require(a_init in ("kaiming", "spectral"), f"method.a_init={a_init!r} must be kaiming or spectral.")
@@ -83,7 +87,17 @@ class FoLoRA(PeftLoRAMethod):
         self.basis_dtype = BASIS_DTYPES.get(basis_dtype, torch.float32)   # auto: settled by the memory plan
         require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
         require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
-        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("seed",))   # the run's seed
+        # the seed is the run's; the number of sequences may be `auto`, sized to the adapted layers (`_proxy_config`)
+        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("seed", "min_tokens"))
+        self.proxy_sequences = self.proxy_options.pop("num_sequences")
+        require(self.proxy_sequences == "auto" or (isinstance(self.proxy_sequences, int)
+                                                   and not isinstance(self.proxy_sequences, bool)
+                                                   and self.proxy_sequences > 0),
+                f"method.proxy.num_sequences={self.proxy_sequences!r} must be auto (at least "
+                f"method.proxy_tokens_per_width proxy tokens per input dimension of the widest adapted layer) or a "
+                f"positive number of sequences.")
+        require(proxy_tokens_per_width > 0, f"method.proxy_tokens_per_width={proxy_tokens_per_width} must be positive.")
+        self.proxy_tokens_per_width = float(proxy_tokens_per_width)
         self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration, CovarianceCalibration))
         self.bases: dict[str, Basis] = {}
         self.pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter, Basis]] = []
@@ -118,13 +132,25 @@ class FoLoRA(PeftLoRAMethod):
             self._refresher = _TaskCovarianceEMA(peft_model, start, self.refresh_ema)
         return peft_model
 
+    def _proxy_config(self, groups: list[InputGroup], seed: int) -> ProxyConfig:
+        """The proxy sampler's settings; `num_sequences: auto` samples enough sequences for at least
+        `proxy_tokens_per_width` proxy tokens per input dimension of the widest adapted layer, so that no group's
+        C_p is rank-deficient (fewer tokens than dimensions leave directions held only by the damping, whose basis
+        vectors grow to ~1/√ε: docs/folora.md)."""
+        count, tokens = self.proxy_sequences, 0
+        if count == "auto":   # sequences ended early by EOS (stop_at_eos) are made up for by sampling more
+            tokens = math.ceil(self.proxy_tokens_per_width * max(g.dim for g in groups))
+            count = auto_proxy_sequences(max(g.dim for g in groups), int(self.proxy_options["length"]),
+                                         self.proxy_tokens_per_width)
+        return ProxyConfig(**{"seed": seed, **self.proxy_options, "num_sequences": int(count), "min_tokens": tokens})
+
     def _kept(self, dim: int) -> int | None:
         return top_k_for(dim, self.top_k, self.top_k_fraction, self.top_k_min_dim)
 
     def _memory_plan(self, model: torch.nn.Module, groups: list[InputGroup], device: torch.device) -> dict:
         """The bytes this calibration and training will hold; stops here, before any calibration, if they do not fit."""
         modules = dict(model.named_modules())
-        shapes = [(g.dim, [(modules[n].out_features, modules[n].in_features) for n in g.members]) for g in groups]
+        shapes = [(g.dim, [layer_shape(modules[n]) for n in g.members]) for g in groups]
         model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         kept, available = [self._kept(g.dim) for g in groups], device_memory(device)
         plan = choose_plan(shapes, self.lora_config.r, kept, model_bytes=model_bytes, refresh=bool(self.refresh_every),
@@ -145,7 +171,7 @@ class FoLoRA(PeftLoRAMethod):
     def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
         """Proxy samples, both covariances of every input group, and each group's generalized eigenbasis."""
         groups, plan = self._groups_and_plan(model, names, ctx)
-        proxy_cfg = ProxyConfig(**{"seed": ctx.seed, **self.proxy_options})
+        proxy_cfg = self._proxy_config(groups, ctx.seed)
         with ctx.phase("calibration/proxy sampling"):
             proxy = sample_proxy(model, ctx.tokenizer, proxy_cfg, model_fingerprint=ctx.model_fingerprint,
                                  cache_dir=ctx.cache_dir, device=ctx.device, precision_used=ctx.precision)
@@ -155,22 +181,36 @@ class FoLoRA(PeftLoRAMethod):
         size = self.calibration.batch_size
         task_batches = [collate(task[i:i + size], pad) for i in range(0, len(task), size)]
         task_batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in task_batches]
-        solve_seconds = [0.0]
+        seconds = {"solve": 0.0, "conditioning": 0.0}
+        conditioning: dict[str, dict] = {}
 
         def consume(group: InputGroup, c_t: torch.Tensor, c_p: torch.Tensor) -> None:
             start = time.perf_counter()
-            self.bases[group.key] = self._stored(solve(c_t, c_p, damping=self.damping, top_k=self._kept(group.dim)))
+            basis = solve(c_t, c_p, damping=self.damping, top_k=self._kept(group.dim))
+            self.bases[group.key] = self._stored(basis)
             if self.refresh_every:
                 self._covariances[group.key] = (c_t, c_p)
-            solve_seconds[0] += time.perf_counter() - start
+            middle = time.perf_counter()
+            conditioning[group.key] = proxy_conditioning(c_p, basis.damping)
+            seconds["solve"] += middle - start
+            seconds["conditioning"] += time.perf_counter() - middle
 
         self._covariances = {}
         with ctx.phase("calibration/covariances and solve"):
             counts = streamed_covariances(model, groups, proxy_batches, task_batches, consume,
                                           plan["groups_per_pass"], ctx.precision)
         self.member_of = {name: g.key for g in groups for name in g.members}
-        self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached}, **counts,
-                                  "solve_s": round(solve_seconds[0], 3), "spectrum": self._spectrum_summary(),
+        short = {g.key: g.dim for g in groups if counts["proxy_tokens"] < g.dim}
+        if short:
+            print(f"[folora] FoLoRA: {counts['proxy_tokens']} proxy tokens are fewer than the input width of "
+                  f"{len(short)} input group(s) (widest {max(short.values())}): their proxy covariance is rank-deficient "
+                  f"and held only by the damping in the missing directions. Use method.proxy.num_sequences=auto or "
+                  f"more sequences.", flush=True)
+        self.calibration_stats = {"proxy": {**proxy.stats, "cached": proxy.cached,
+                                            "num_sequences": proxy_cfg.num_sequences}, **counts,
+                                  "proxy_tokens_below_width": short, "proxy_conditioning": conditioning,
+                                  "solve_s": round(seconds["solve"], 3),
+                                  "conditioning_s": round(seconds["conditioning"], 3), "spectrum": self._spectrum_summary(),
                                   "damping_max": max(b.damping for b in self.bases.values()), "memory_plan": plan,
                                   "top_k": {g.key: k for g in groups if (k := self._kept(g.dim))}}
 
@@ -180,10 +220,11 @@ class FoLoRA(PeftLoRAMethod):
         proxy samples') and the task examples whose tokens form C_t. Not the gate, κ, τ, which sides are gated, A's
         initialization or B's damping: they only steer training, so a sweep over them shares one calibration."""
         names = linear_layer_names(model, self.lora_config)
-        planned = self._groups_and_plan(model, names, ctx)[1]["basis_dtype"]   # `auto` may depend on free memory
+        groups, plan = self._groups_and_plan(model, names, ctx)
+        planned = plan["basis_dtype"]   # `auto` may depend on free memory
         task = ctx.train_examples[: self.calibration.task_examples]
         tokens = fingerprint([list(map(int, e["input_ids"])) for e in task])
-        return {"layers": names, "proxy": dict(self.proxy_options), "seed": ctx.seed,
+        return {"layers": names, "proxy": dataclasses.asdict(self._proxy_config(groups, ctx.seed)), "seed": ctx.seed,
                 "calibration": dataclasses.asdict(self.calibration), "damping": self.damping, "top_k": self.top_k,
                 "top_k_fraction": self.top_k_fraction, "top_k_min_dim": self.top_k_min_dim, "basis_dtype": planned,
                 "keeps_covariances": bool(self.refresh_every), "task_tokens": tokens}
@@ -232,7 +273,7 @@ class FoLoRA(PeftLoRAMethod):
         self._optimizer = GatedSpectralAdam(self.pairs, others, lr=float(train.lr), betas=tuple(train.betas),
                                             weight_decay=float(train.weight_decay), gate_kind=self.gate_kind,
                                             kappa=self.kappa, tau=self.tau, gate_a=self.gate_a, gate_b=self.gate_b,
-                                            b_damping=self.b_damping)
+                                            b_damping=self.b_damping, coordinates=self.coordinates)
         return self._optimizer
 
     def on_step(self, step: int) -> None:
@@ -265,6 +306,12 @@ class FoLoRA(PeftLoRAMethod):
 
     def summary(self) -> dict:
         return {"calibration": self.calibration_stats}
+
+
+def auto_proxy_sequences(widest: int, length: int, tokens_per_width: float) -> int:
+    """Proxy sequences of `length` sampled tokens that give at least `tokens_per_width` tokens per input dimension
+    of the widest adapted layer (`method.proxy.num_sequences: auto`)."""
+    return math.ceil(tokens_per_width * widest / length)
 
 
 def _basis_fields(basis: Basis) -> dict:

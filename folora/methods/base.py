@@ -28,8 +28,13 @@ import torch
 from omegaconf import DictConfig
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from transformers.pytorch_utils import Conv1D
 
 from folora.errors import FoloraError, require
+
+# The layers a LoRA adapter wraps here: linear layers, and GPT-2-style Conv1D (a linear layer whose weight is stored
+# in × out; PEFT handles it with fan_in_fan_out). Their input is (..., in) either way.
+ADAPTABLE = (torch.nn.Linear, Conv1D)
 
 
 @dataclass
@@ -145,23 +150,41 @@ class PeftLoRAMethod(Method):
         return self.wrap(model)
 
 
+def layer_shape(module: torch.nn.Module) -> tuple[int, int]:
+    """(out features, in features) of an adaptable layer, or of the layer a LoRA layer wraps."""
+    base = getattr(module, "base_layer", module)
+    if isinstance(base, Conv1D):
+        return base.nf, base.weight.shape[0]
+    if isinstance(base, torch.nn.Linear):
+        return base.out_features, base.in_features
+    raise FoloraError(f"{type(base).__name__} is not a layer this method adapts (torch.nn.Linear or transformers' "
+                      f"Conv1D); leave it out of method.target_modules.")
+
+
+def weight_out_in(module: torch.nn.Module) -> torch.Tensor:
+    """The weight of an adaptable layer (or of the layer a LoRA layer wraps) as out × in: for Conv1D a transposed
+    view, so writing into it writes the layer's own weight."""
+    base = getattr(module, "base_layer", module)
+    return base.weight.T if isinstance(base, Conv1D) else base.weight
+
+
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name relative to the base model, module) for every LoRA-wrapped linear layer of a PEFT model."""
+    """(name relative to the base model, module) for every LoRA-wrapped linear or Conv1D layer of a PEFT model."""
     found = []
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
+        if isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), ADAPTABLE):
             found.append((name.removeprefix("base_model.model."), module))
     return found
 
 
 def linear_layer_names(model: torch.nn.Module, lora_config: LoraConfig) -> list[str]:
-    """The names of the base model's linear layers that `lora_config` adapts: every linear layer but the output
+    """The names of the base model's linear (or Conv1D) layers that `lora_config` adapts: every one but the output
     head for `all-linear` (PEFT's rule), else those whose name or last name component is listed."""
     targets = lora_config.target_modules
     head = model.get_output_embeddings()
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is head:
+        if not isinstance(module, ADAPTABLE) or module is head:
             continue
         if targets == "all-linear" or name in targets or name.rsplit(".", 1)[-1] in targets:
             names.append(name)
@@ -175,8 +198,9 @@ def check_rank(rank: int, model: torch.nn.Module | None = None, layer_names: lis
         raise FoloraError(f"method.rank={rank}: the adapter rank must be a positive integer (e.g. method.rank=16).")
     for name, module in (model.named_modules() if model is not None else ()):
         base = getattr(module, "base_layer", module if layer_names is not None and name in layer_names else None)
-        if isinstance(base, torch.nn.Linear):
-            limit = min(base.in_features, base.out_features)
+        if isinstance(base, ADAPTABLE):
+            out_features, in_features = layer_shape(base)
+            limit = min(in_features, out_features)
             if rank > limit:
-                raise FoloraError(f"method.rank={rank} is larger than layer {name} ({base.out_features}x{base.in_features}) "
+                raise FoloraError(f"method.rank={rank} is larger than layer {name} ({out_features}x{in_features}) "
                                   f"allows; choose method.rank <= {limit}.")
