@@ -136,3 +136,10 @@ def test_the_8b_shapes_section_solves_and_steps_at_small_widths(tmp_path):
     assert step["layers"] == 1 and step["gated_step_s"] > 0 and step["adam_step_s"] > 0
     assert step["gated_step_s_32_layers"] == step["gated_step_s"] * 32
     assert step["bases"] == "full, bfloat16" and report["shapes8b"]["step_top_k"]["bases"] == "d/4 top-k, float32"
+    proxy = report["shapes8b"]["proxy"]
+    assert proxy["llama_8b"] == {"widest": 14336, "length": 96, "sequences": 598, "tokens": 598 * 96}
+    rows = {(x["width"], x["proxy"]): x for x in proxy["rows"]}
+    for width in (64, 128):   # half the width's tokens leave directions unheld, and their basis vectors long
+        assert rows[width, "auto"]["below_damping"] == 0 and rows[width, "half"]["below_damping"] >= width // 2
+        assert rows[width, "half"]["basis_norm_max"] > 10 * rows[width, "auto"]["basis_norm_max"]
+    assert "num_sequences: auto" in bench.render(report)

@@ -66,6 +66,13 @@ def render(report: dict) -> str:
                   "  width  top_k  solve s   peak GiB"]
         lines += [f"  {x['width']:5d}  {x['top_k']:5d}  {x['solve_s']:7.2f}  "
                   f"{x['peak_gib'] if x['peak_gib'] is None else round(x['peak_gib'], 2)}" for x in r["solve"]]
+        if "proxy" in r:
+            chosen = r["proxy"]["llama_8b"]
+            lines += [f"  proxy, num_sequences: auto at the 8B widest input {chosen['widest']}: {chosen['sequences']} "
+                      f"sequences x {chosen['length']} = {chosen['tokens']} tokens",
+                      "  width  proxy  tokens  effective rank  unheld directions  largest |v|"]
+            lines += [f"  {x['width']:5d}  {x['proxy']:>5s}  {x['tokens']:6d}  {x['effective_rank']:14.1f}  "
+                      f"{x['below_damping']:17d}  {x['basis_norm_max']:11.1f}" for x in r["proxy"]["rows"]]
         for st in (r["step"], r.get("step_top_k")):
             if st:
                 lines += [f"  optimizer step, {st['layers']} layer(s) of LoRA pairs (rank 16, 7 projections), bases "

@@ -10,6 +10,11 @@
   bf16 (what `basis_dtype: auto` picks for 8B on an 80 GB GPU) and, for comparison, with d/4 top-k bases in fp32
   (`top_k: auto`). The step's cost is per layer, so 32 layers cost 32 times one layer's.
 
+- **Proxy size.** The proxy `num_sequences: auto` chooses for the 8B model (4 tokens per input dimension of the
+  widest layer, 14336), and at each width what a proxy of that size and one of half the width's tokens make of C_p:
+  tokens drawn from the synthetic C_p, the estimate's unheld directions (eigenvalues below the damping), and the
+  largest norm of a basis vector of the solve (Vᵀ(C_p + εI)V = I), which grows towards 1/√ε where data are missing.
+
 On a GPU the widths are the real ones and all 32 layers are stepped. On CPU the same code runs at reduced scale
 (`widths`, `layers` options) and the figures say which scale they are.
 """
@@ -25,7 +30,8 @@ import torch
 from folora.bench.timing import Clock
 from folora.fo_lora.gated_adam import GatedSpectralAdam
 from folora.fo_lora.memory import top_k_for
-from folora.fo_lora.spectral import Basis, solve
+from folora.fo_lora.method import auto_proxy_sequences
+from folora.fo_lora.spectral import Basis, proxy_conditioning, solve
 
 HIDDEN, MLP, KV, RANK = 4096, 14336, 1024, 16
 FRACTION, MIN_DIM = 0.25, 4096   # FoLoRA's top-k rule, method.top_k=auto (conf/method/folora.yaml)
@@ -129,7 +135,28 @@ def _basis(v: torch.Tensor, generator: torch.Generator, device) -> Basis:
     return Basis(V=v, PV=v.clone(), lam=lam, damping=1e-4, lam_rest=rest)
 
 
+def proxy_sizing(widths: list[int], device: torch.device, length: int = 96, per_width: float = 4.0) -> dict:
+    """The proxy the auto rule picks for the 8B model, and per width what an auto-sized proxy and one of half the
+    width's tokens leave of C_p (tokens drawn from the synthetic C_p; the task covariance as in `solve_costs`)."""
+    generator, rows = torch.Generator().manual_seed(1), []
+    for dim in widths:
+        truth = synthetic_covariance(dim, 1.0, generator, device).double()
+        c_t = synthetic_covariance(dim, 1.5, generator, device)
+        root = torch.linalg.cholesky(truth + 1e-9 * torch.eye(dim, dtype=torch.float64, device=device))
+        for label, tokens in (("auto", auto_proxy_sequences(dim, length, per_width) * length), ("half", dim // 2)):
+            x = torch.randn(tokens, dim, generator=generator, dtype=torch.float64).to(device) @ root.T
+            c_p = (x.T @ x / tokens).float()
+            basis = solve(c_t, c_p)
+            rows.append({"width": dim, "proxy": label, "tokens": tokens,
+                         **{k: v for k, v in proxy_conditioning(c_p, basis.damping).items() if k != "dim"},
+                         "basis_norm_max": float(basis.V.norm(dim=0).max())})
+    sequences = auto_proxy_sequences(MLP, length, per_width)
+    return {"llama_8b": {"widest": MLP, "length": length, "sequences": sequences, "tokens": sequences * length},
+            "rows": rows}
+
+
 def shapes_8b(device: torch.device, widths: list[int], layers: int, scale: float) -> dict:
-    return {"solve": solve_costs(widths, device), "step": step_costs(layers, device, scale),
+    return {"solve": solve_costs(widths, device), "proxy": proxy_sizing(widths, device),
+            "step": step_costs(layers, device, scale),
             "step_top_k": step_costs(layers, device, scale, top_k=True, basis_dtype=torch.float32),
             "scale": "full" if scale == 1.0 and max(widths) >= MLP else "reduced"}
