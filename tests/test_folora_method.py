@@ -256,3 +256,18 @@ def test_proxy_sequences_stop_at_eos_and_chat_samples_are_conversations(tiny, tm
         elif any(new[i:i + len(reply)] == reply for i in range(len(new))):   # a user turn, then the reply's own
             ended += 1
     assert ended > 0
+
+
+def test_folora_and_lalora_default_proxies_are_one_cache_entry_on_the_embedded_model():
+    """SmolLM2-135M's widest adapted input is 1536: `auto` gives 64 sequences of 96 tokens, LaLoRA's curvature
+    samples, so both methods read one proxy sample (one cache key)."""
+    from dataclasses import asdict
+
+    from folora.calibration.covariance import InputGroup
+    from folora.calibration.proxy import ProxyConfig
+
+    groups = [InputGroup("q", ["q"], 576), InputGroup("down", ["down"], 1536)]
+    ours = folora()._proxy_config(groups, seed=3)
+    lalora = method_from_conf("lalora")
+    theirs = ProxyConfig(**{"seed": 3, **lalora.proxy_options, "num_sequences": lalora.samples})
+    assert ours.num_sequences == 64 and asdict(ours) == asdict(theirs)

@@ -138,10 +138,13 @@ class FoLoRA(PeftLoRAMethod):
         C_p is rank-deficient (fewer tokens than dimensions leave directions held only by the damping, whose basis
         vectors grow to ~1/√ε: docs/folora.md)."""
         count, tokens = self.proxy_sequences, 0
-        if count == "auto":   # sequences ended early by EOS (stop_at_eos) are made up for by sampling more
-            tokens = math.ceil(self.proxy_tokens_per_width * max(g.dim for g in groups))
-            count = auto_proxy_sequences(max(g.dim for g in groups), int(self.proxy_options["length"]),
-                                         self.proxy_tokens_per_width)
+        if count == "auto":
+            widest = max(g.dim for g in groups)
+            count = auto_proxy_sequences(widest, int(self.proxy_options["length"]), self.proxy_tokens_per_width)
+            if self.proxy_options["stop_at_eos"]:   # sequences ended early by EOS are made up for by sampling more
+                tokens = math.ceil(self.proxy_tokens_per_width * widest)
+            # (at a fixed length the count alone gives the tokens, and the samples are LaLoRA's of that count: one
+            # proxy cache entry for both methods)
         return ProxyConfig(**{"seed": seed, **self.proxy_options, "num_sequences": int(count), "min_tokens": tokens})
 
     def _kept(self, dim: int) -> int | None:
