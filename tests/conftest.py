@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,3 +101,30 @@ def method_context(loaded, cache_dir: Path, train_examples=(), **fields):
     return MethodContext(**{"tokenizer": loaded.tokenizer, "train_examples": list(train_examples), "seed": 0,
                             "device": torch.device("cpu"), "cache_dir": Path(cache_dir),
                             "model_fingerprint": loaded.fingerprint, **fields})
+
+
+# --- tiny random models of several architectures, built from their transformers configs ---------------------------
+
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "max_position_embeddings": 256}
+TINY_ARCHITECTURES = {
+    "llama": lambda v: transformers.LlamaConfig(vocab_size=v, num_key_value_heads=2, tie_word_embeddings=True, **SMALL),
+    "qwen2": lambda v: transformers.Qwen2Config(vocab_size=v, num_key_value_heads=2, **SMALL),   # q/k/v biases
+    "phi3": lambda v: transformers.Phi3Config(vocab_size=v, num_key_value_heads=2, pad_token_id=0,
+                                              **SMALL),   # fused qkv_proj and gate_up_proj
+    "gemma": lambda v: transformers.GemmaConfig(vocab_size=v, num_key_value_heads=1, head_dim=8, **SMALL),
+    "gpt_neox": lambda v: transformers.GPTNeoXConfig(vocab_size=v, use_parallel_residual=True,
+                                                     **SMALL),   # fused qkv with bias, parallel residual
+    "opt": lambda v: transformers.OPTConfig(vocab_size=v, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                            num_attention_heads=4, word_embed_proj_dim=32,
+                                            max_position_embeddings=256),
+    "gpt2": lambda v: transformers.GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4,
+                                              n_positions=256),   # Conv1D layers (weights stored in × out)
+}
+
+def tiny_architecture(architecture: str, vocab: int):
+    """A randomly initialized model of `architecture` (seeded), built from its transformers config."""
+    import torch
+
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(TINY_ARCHITECTURES[architecture](vocab)).eval()

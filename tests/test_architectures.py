@@ -10,27 +10,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
 from omegaconf import OmegaConf
 
-from tests.conftest import METHODS, composed, method_context, method_from_conf, model_and_task
+from tests.conftest import (
+    METHODS,
+    TINY_ARCHITECTURES,
+    composed,
+    method_context,
+    method_from_conf,
+    model_and_task,
+    tiny_architecture,
+)
 
-SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "max_position_embeddings": 256}
-CONFIGS = {
-    "llama": lambda v: transformers.LlamaConfig(vocab_size=v, num_key_value_heads=2, tie_word_embeddings=True, **SMALL),
-    "qwen2": lambda v: transformers.Qwen2Config(vocab_size=v, num_key_value_heads=2, **SMALL),   # q/k/v biases
-    "phi3": lambda v: transformers.Phi3Config(vocab_size=v, num_key_value_heads=2, pad_token_id=0,
-                                              **SMALL),   # fused qkv_proj and gate_up_proj
-    "gemma": lambda v: transformers.GemmaConfig(vocab_size=v, num_key_value_heads=1, head_dim=8, **SMALL),
-    "gpt_neox": lambda v: transformers.GPTNeoXConfig(vocab_size=v, use_parallel_residual=True,
-                                                     **SMALL),   # fused qkv with bias, parallel residual
-    "opt": lambda v: transformers.OPTConfig(vocab_size=v, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                                            num_attention_heads=4, word_embed_proj_dim=32,
-                                            max_position_embeddings=256),
-    "gpt2": lambda v: transformers.GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4,
-                                              n_positions=256),   # Conv1D layers (weights stored in × out)
-}
 CALIBRATION = {"folora": ["method.proxy.num_sequences=8", "method.proxy.length=16"],
                "lalora": ["method.curvature_samples=4", "method.proxy.length=16"]}
 
@@ -41,13 +32,8 @@ def tiny_task():
     return loaded.tokenizer, task
 
 
-def build(architecture: str, vocab: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(CONFIGS[architecture](vocab)).eval()
-
-
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("architecture", list(CONFIGS))
+@pytest.mark.parametrize("architecture", list(TINY_ARCHITECTURES))
 def test_every_method_trains_exports_and_reloads_on_the_architecture(architecture, method, tiny_task, tmp_path):
     from peft import PeftModel
 
@@ -55,7 +41,7 @@ def test_every_method_trains_exports_and_reloads_on_the_architecture(architectur
     from folora.training.loop import batches, make_trainer, training_step
 
     tokenizer, task = tiny_task
-    base = build(architecture, len(tokenizer))
+    base = tiny_architecture(architecture, len(tokenizer))
     untouched = copy.deepcopy(base)
     loaded = SimpleNamespace(tokenizer=tokenizer, fingerprint=f"tiny-{architecture}")
     method_obj = method_from_conf(method, "method.rank=4", *CALIBRATION.get(method, []))   # Gemma's k/v: 8 wide

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import composed
 
 from folora.evals import lm as suite_lm_module
 from folora.evals.lm import suite_lm, supports_shared_context
+from tests.conftest import composed, tiny_architecture
 
 MAX_LENGTH = 40
 
@@ -18,21 +18,6 @@ def tokenizer():
     from folora.models import load_model
 
     return load_model(composed("model=tiny-random").model).tokenizer
-
-
-def tiny(kind: str, vocab: int) -> torch.nn.Module:
-    """A randomly initialized model of an architecture (seeded), built from its transformers config."""
-    import transformers
-
-    torch.manual_seed(0)
-    configs = {
-        "llama": transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-        "gpt2": transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128),
-        "qwen2": transformers.Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    }
-    return transformers.AutoModelForCausalLM.from_config(configs[kind]).eval()
 
 
 def requests(vocab: int) -> list[tuple[tuple[str, str], list[int], list[int]]]:
@@ -58,7 +43,7 @@ def test_loglikelihoods_equal_stock_hflm(kind, tokenizer, monkeypatch):
     from lm_eval.models.huggingface import HFLM
 
     vocab = len(tokenizer)
-    model = tiny(kind, vocab)
+    model = tiny_architecture(kind, vocab)
     assert supports_shared_context(model)
     monkeypatch.setattr(suite_lm_module, "LOGITS_BUDGET", 3 * vocab * 5)   # forces several chunks per group
     ours = suite_lm(model, tokenizer, batch_size=3, max_length=MAX_LENGTH, precision_used="fp32")
@@ -71,7 +56,7 @@ def test_loglikelihoods_equal_stock_hflm(kind, tokenizer, monkeypatch):
 
 def test_greedy_continuation_is_recognized(tokenizer):
     """A continuation the model itself decodes greedily is flagged greedy (lm-eval's `is_greedy`)."""
-    model = tiny("llama", len(tokenizer))
+    model = tiny_architecture("llama", len(tokenizer))
     context = [5, 9, 17, 4]
     generated = model.generate(torch.tensor([context]), max_new_tokens=4, do_sample=False)[0, 4:].tolist()
     ours = suite_lm(model, tokenizer, batch_size=4, max_length=MAX_LENGTH, precision_used="fp32")
@@ -87,7 +72,7 @@ def test_rolling_loglikelihood_equals_stock(tokenizer, monkeypatch, budget_rows)
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    model = tiny("llama", len(tokenizer))
+    model = tiny_architecture("llama", len(tokenizer))
     if budget_rows:
         monkeypatch.setattr(suite_lm_module, "LOGITS_BUDGET", budget_rows * len(tokenizer))
     texts = ["the quick brown fox jumps over the lazy dog " * k for k in (1, 3, 9)]
@@ -101,7 +86,7 @@ def test_rolling_loglikelihood_equals_stock(tokenizer, monkeypatch, budget_rows)
 
 def test_a_model_without_a_cache_argument_is_scored_by_stock_hflm(tokenizer, monkeypatch):
     """Where the forward takes no key-value cache (remote code, some architectures), the stock path scores it."""
-    model = tiny("llama", len(tokenizer))
+    model = tiny_architecture("llama", len(tokenizer))
     plain = model.forward
 
     def forward(input_ids, attention_mask=None):   # no cache, no positions

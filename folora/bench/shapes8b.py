@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 
 import torch
 
@@ -32,6 +31,7 @@ from folora.fo_lora.gated_adam import GatedSpectralAdam
 from folora.fo_lora.memory import top_k_for
 from folora.fo_lora.method import auto_proxy_sequences
 from folora.fo_lora.spectral import Basis, proxy_conditioning, solve
+from folora.records.timing import peak_rss_gib
 
 HIDDEN, MLP, KV, RANK = 4096, 14336, 1024, 16
 FRACTION, MIN_DIM = 0.25, 4096   # FoLoRA's top-k rule, method.top_k=auto (conf/method/folora.yaml)
@@ -53,20 +53,13 @@ def _peak_reset(device: torch.device) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")   # Linux: reset the peak resident set (VmHWM)
-        except OSError:
-            pass
+        peak_rss_gib(reset=True)   # the peak resident set starts over (Linux)
 
 
 def _peak_gib(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-        return int(line.split()[1]) * 1024 / 2**30
-    except (OSError, StopIteration):
-        return None
+    return peak_rss_gib()
 
 
 def solve_costs(widths: list[int], device: torch.device) -> list[dict]:

@@ -149,18 +149,21 @@ def _generate(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, devic
     # initialization, dropout) is the same whether or not the proxy came from the cache.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        sequences = _continue(model, tokenizer, starts, cfg, device)
+        eos = sorted(_eos_ids(model, tokenizer))
+        sequences = _continue(model, tokenizer, starts, cfg, device, eos)
         if cfg.start == "chat" and cfg.stop_at_eos:
             reply = chat_turns(tokenizer)[1]
-            ended = [s[-1] in _eos_ids(model, tokenizer) for s in sequences]
+            ended = [s[-1] in eos for s in sequences]
             turns = [s[:-1] + reply if done else s for s, done in zip(sequences, ended, strict=True)]
-            replies = _continue(model, tokenizer, [t for t, done in zip(turns, ended, strict=True) if done], cfg, device)
+            replies = _continue(model, tokenizer, [t for t, done in zip(turns, ended, strict=True) if done], cfg, device,
+                                eos)
             it = iter(replies)
             sequences = [next(it) if done else s for s, done in zip(sequences, ended, strict=True)]
     return sequences
 
 
-def _continue(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, device) -> list[list[int]]:
+def _continue(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, device, eos: list[int]
+              ) -> list[list[int]]:
     """Each start with up to `length` sampled tokens (left-padded batch, KV cache); with stop_at_eos a sequence ends
     with the first end-of-sequence token it samples, else EOS is suppressed and every sequence gets `length`."""
     if not starts:
@@ -169,7 +172,6 @@ def _continue(model, tokenizer, starts: list[list[int]], cfg: ProxyConfig, devic
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in starts], device=device)
     attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in starts], device=device)
-    eos = sorted(_eos_ids(model, tokenizer))
     output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=cfg.temperature,
                             top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.length,
                             min_new_tokens=None if cfg.stop_at_eos else cfg.length, eos_token_id=eos,
