@@ -4,18 +4,16 @@ Wang et al. 2024) and intermediate principal components (a middle slice, Quercia
 For each adapted W (d_out × d_in): W = U S Vᵀ in fp32; take singular indices [o, o + r); with S_sel ← S_sel / s
 (s = α / r), B = U_sel √S_sel, A = √S_sel V_selᵀ, and W_res = W − s·B·A is written into the frozen base weight.
 Training therefore starts at the base model's function. The export converts to a plain LoRA adapter that loads on
-the unmodified base: ΔW = s(BA − B₀A₀) = s[B | −B₀][A ; A₀] (PEFT's conversion; rank and alpha double).
+the unmodified base (baselines/residual.py).
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 
+from baselines.residual import ResidualLoRA
 from folora.errors import FoloraError
-from folora.methods.base import MethodContext, PeftLoRAMethod, lora_layers, weight_out_in
+from folora.methods.base import MethodContext, lora_layers, weight_out_in
 
 NAMED_OFFSETS = ("top", "bottom", "middle")
 
@@ -65,7 +63,7 @@ def svd_slice(weight: torch.Tensor, rank: int, offset, scale: float):
     return a, b, w - scale * b @ a, selected
 
 
-class SVDSlice(PeftLoRAMethod):
+class SVDSlice(ResidualLoRA):
     def __init__(self, *, offset: str | int | float, **lora_options):
         super().__init__(**lora_options)
         if isinstance(offset, str) and offset not in NAMED_OFFSETS:
@@ -78,7 +76,6 @@ class SVDSlice(PeftLoRAMethod):
             raise FoloraError(f"method.offset={offset}: an index offset must be >= 0 (0 is PiSSA's top slice).")
         self.offset = offset
         self.selected: dict[str, torch.Tensor] = {}
-        self._initial: tempfile.TemporaryDirectory | None = None
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         peft_model = self.wrap(model)
@@ -90,13 +87,8 @@ class SVDSlice(PeftLoRAMethod):
                 layer.lora_A["default"].weight.copy_(a)
                 layer.lora_B["default"].weight.copy_(b)
             self.selected[name] = selected
-        # The initial adapter, kept for the export's conversion to a plain LoRA on the unmodified base.
-        self._initial = tempfile.TemporaryDirectory(prefix="folora-svd-init-")
-        peft_model.save_pretrained(Path(self._initial.name) / "initial")
+        self.keep_initial(peft_model)
         return peft_model
-
-    def export(self, model: torch.nn.Module, path: Path) -> None:
-        model.save_pretrained(path, path_initial_model_for_weight_conversion=str(Path(self._initial.name) / "initial"))
 
     def summary(self) -> dict:
         if not self.selected:

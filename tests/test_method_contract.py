@@ -1,7 +1,8 @@
 """The contract every method keeps, checked for each `conf/method/*.yaml` (a new method is covered without editing
-this file): it prepares a tiny-random model, trains through the real training loop, and exports a PEFT adapter
-that stock tools load on a freshly built, unmodified base — `PeftModel.from_pretrained` and lm-eval's
-`HFLM(pretrained=..., peft=...)` — with the trained model's logits (fp32, atol 1e-5).
+this file): it prepares a tiny-random model, trains through the real training loop, and exports what stock tools
+load with the trained model's logits (fp32, atol 1e-5): a PEFT adapter on a freshly built, unmodified base
+(`PeftModel.from_pretrained`, lm-eval's `HFLM(pretrained=base, peft=adapter)`), or a whole model folder
+(`AutoModelForCausalLM.from_pretrained`, `HFLM(pretrained=folder)`).
 
 The slow test does the same on the embedded SmolLM2-135M for FoLoRA and LaLoRA through `python -m folora.run`, and
 scores the exported adapter with lm-eval's own HFLM: its scores equal the run's final scores."""
@@ -14,6 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from folora.methods.build import build_method
 from folora.models import load_model
@@ -53,7 +55,8 @@ def test_prepare_train_export_and_reload_with_stock_tools(method, tmp_path, base
     summary = train(model, method_obj, task.train, cfg.train, pad_id=loaded.tokenizer.pad_token_id,
                     device=torch.device("cpu"), seed=0, log=lambda *a, **k: None)
     assert summary.steps == 3 and all(torch.isfinite(torch.tensor(summary.losses)))
-    method_obj.export(model, tmp_path / "adapter")
+    exported = tmp_path / method_obj.export_folder
+    method_obj.export(model, exported)
 
     ids = torch.tensor([list(range(5, 40)), list(range(60, 95))])
     fresh = load_model(cfg.model).model.eval()
@@ -61,9 +64,14 @@ def test_prepare_train_export_and_reload_with_stock_tools(method, tmp_path, base
         trained = model.eval()(input_ids=ids).logits
         base = fresh(input_ids=ids).logits
         assert (trained - base).abs().max() > 1e-3, "training did not move the model: the check below would be empty"
-        reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+        if (exported / "adapter_config.json").is_file():
+            reloaded = PeftModel.from_pretrained(fresh, exported).eval()
+            lm = HFLM(pretrained=str(base_dir), peft=str(exported), dtype="float32", device="cpu", batch_size=1)
+        else:   # a whole model folder: weights, config and tokenizer
+            assert (exported / "config.json").is_file() and list(exported.glob("*.safetensors")), sorted(exported.iterdir())
+            reloaded = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+            lm = HFLM(pretrained=str(exported), dtype="float32", device="cpu", batch_size=1)
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=LOGITS_ATOL, rtol=0)
-        lm = HFLM(pretrained=str(base_dir), peft=str(tmp_path / "adapter"), dtype="float32", device="cpu", batch_size=1)
         torch.testing.assert_close(lm.model.eval()(input_ids=ids).logits, trained, atol=LOGITS_ATOL, rtol=0)
 
 

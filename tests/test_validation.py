@@ -114,6 +114,13 @@ BAD_METHOD_OPTIONS = [
     ("lalora", ["method.curvature_samples=0"], ["method.curvature_samples=0 must be positive"]),
     ("lalora", ["method.data=web"], ["method.data='web' must be proxy or corpus"]),
     ("lalora", ["+method.proxy.num_sequences=8"], ["method.proxy.num_sequences: not an option of method.proxy"]),
+    ("corda", ["method.corda_method=both"], ["method.corda_method='both' must be kpm", "ipm"]),
+    ("corda", ["method.proxy.num_sequences=0"], ["method.proxy.num_sequences=0 must be auto"]),
+    ("peft", ["method.peft_type=PREFIX_TUNING"], ["PREFIX_TUNING is a prompt-learning type", "LORA"]),
+    ("peft", ["method.peft_type=ADALORA"], ["method.peft_type=ADALORA is not supported", "rank allocation"]),
+    ("oft", ["method.config.r=4"], ["PEFT refused method.config for OFTConfig", "oft_block_size"]),
+    ("full", ["method.freeze_embeddings=sometimes"], ["method.freeze_embeddings='sometimes' is a str",
+                                                      "true or false"]),
 ]
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora.bench.flops import sum_d_cubed, sum_d_squared
 from folora.bench.timing import Clock
-from folora.fo_lora.method import auto_proxy_sequences
+from folora.calibration.proxy import auto_proxy_sequences
 from folora.methods.base import MethodContext
 from folora.models import load_model
 from folora.records.timing import Phases

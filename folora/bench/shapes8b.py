@@ -27,9 +27,9 @@ import statistics
 import torch
 
 from folora.bench.timing import Clock
+from folora.calibration.proxy import auto_proxy_sequences
 from folora.fo_lora.gated_adam import GatedSpectralAdam
 from folora.fo_lora.memory import top_k_for
-from folora.fo_lora.method import auto_proxy_sequences
 from folora.fo_lora.spectral import Basis, proxy_conditioning, solve
 from folora.records.timing import peak_rss_gib
 

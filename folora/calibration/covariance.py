@@ -16,8 +16,27 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from folora.errors import require
 from folora.methods.base import layer_shape
 from folora.training import precision
+
+
+@dataclass(frozen=True)
+class CovarianceCalibration:
+    """How a method gathers covariances (its `method.calibration` block): which task examples form the task
+    covariance, in what batches, how many input groups at once."""
+
+    task_examples: int                   # training examples whose tokens form C_t
+    batch_size: int
+    groups_per_pass: int | str | None    # input groups per covariance pass; auto: as many as memory allows
+
+    def __post_init__(self):
+        require(self.task_examples > 0 and self.batch_size > 0,
+                f"method.calibration.task_examples={self.task_examples} and method.calibration.batch_size="
+                f"{self.batch_size} must be positive.")
+        require(self.groups_per_pass in (None, "auto") or (isinstance(self.groups_per_pass, int) and self.groups_per_pass > 0),
+                f"method.calibration.groups_per_pass={self.groups_per_pass!r} must be auto, a positive integer, or null "
+                f"(all groups in one pass).")
 
 
 @dataclass

@@ -11,6 +11,7 @@ model fingerprint, the sampling config, the seed and the sampler's code (folora/
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from folora.errors import FoloraError, require
+from folora.methods.options import nested_options
 from folora.records.identity import code_part, identity
 from folora.records.io import cache_lock, write_json_atomic
 from folora.training import precision
@@ -53,6 +55,39 @@ class ProxyConfig:
         require(self.min_tokens >= 0, f"proxy min_tokens={self.min_tokens} must be >= 0.")
         require(self.temperature > 0 and 0 < self.top_p <= 1,
                 f"proxy.temperature={self.temperature} must be > 0 and proxy.top_p={self.top_p} in (0, 1].")
+
+
+def proxy_options(values, prefix: str = "method.proxy") -> tuple[dict, int | str]:
+    """A method's `proxy` block checked against ProxyConfig (the seed and the token floor are the method's to set):
+    (the sampler options, the number of sequences: a positive number or `auto`)."""
+
+    options = nested_options(prefix, values, ProxyConfig, exclude=("seed", "min_tokens"))
+    count = options.pop("num_sequences")
+    require(count == "auto" or (isinstance(count, int) and not isinstance(count, bool) and count > 0),
+            f"{prefix}.num_sequences={count!r} must be auto (at least method.proxy_tokens_per_width proxy tokens per "
+            f"input dimension of the widest adapted layer) or a positive number of sequences.")
+    return options, count
+
+
+def auto_proxy_sequences(widest: int, length: int, tokens_per_width: float) -> int:
+    """Proxy sequences of `length` sampled tokens that give at least `tokens_per_width` tokens per input dimension
+    of the widest adapted layer (`proxy.num_sequences: auto`)."""
+    return math.ceil(tokens_per_width * widest / length)
+
+
+def sized_proxy_config(options: dict, num_sequences: int | str, *, widest: int, tokens_per_width: float,
+                       seed: int) -> ProxyConfig:
+    """The sampler's settings for layers whose widest input is `widest`. `auto` samples enough sequences for at least
+    `tokens_per_width` proxy tokens per input dimension, so that no layer's proxy covariance is rank-deficient
+    (fewer tokens than dimensions leave directions the data do not determine: docs/folora.md)."""
+    count, tokens = num_sequences, 0
+    if count == "auto":
+        count = auto_proxy_sequences(widest, int(options["length"]), tokens_per_width)
+        if options["stop_at_eos"]:   # sequences ended early by EOS are made up for by sampling more
+            tokens = math.ceil(tokens_per_width * widest)
+        # (at a fixed length the count alone gives the tokens, and the samples are LaLoRA's of that count: one proxy
+        # cache entry for every method that samples them)
+    return ProxyConfig(**{"seed": seed, **options, "num_sequences": int(count), "min_tokens": tokens})
 
 
 @dataclass

@@ -158,7 +158,7 @@ def adopt(source: Path, record: dict, cfg: DictConfig, run_dir: Path, logger, ho
     write_bytes_atomic(run_dir / "outcomes.json.gz",
                        (source.parent / record.get("outcomes", "outcomes.json.gz")).read_bytes())
     record["outcomes"] = "outcomes.json.gz"
-    for stale in ("adapter", "checkpoint"):   # an earlier attempt's: the record's adapter is the source run's
+    for stale in ("adapter", "model", "checkpoint"):   # an earlier attempt's: the record's adapter is the source run's
         if stale != "checkpoint" or not cfg.train.get("keep_checkpoint", False):
             shutil.rmtree(run_dir / stale, ignore_errors=True)
 

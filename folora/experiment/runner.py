@@ -123,8 +123,9 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    exported = run_dir / method.export_folder
     with phases("export adapter"):
-        method.export(model, run_dir / "adapter")
+        method.export(model, exported)
     with phases("final eval"):
         model = method.for_evaluation(model)   # exported first: the adapter is merged in place, base-model speed
         final, kl_score, val_loss = final_evaluation(cfg, model, tokenizer, task, trajectory, device, eval_precision)
@@ -135,7 +136,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                    base_point=base_point,
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=trainable,
-                   phases=phases, adapter=run_dir / "adapter")
+                   phases=phases, adapter=exported)
 
 
 def check_weight_dtype(cfg: DictConfig, device: torch.device, eval_precision: str) -> None:

@@ -16,15 +16,19 @@ basis recomputed every `refresh_every` steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 
-from folora.calibration.covariance import InputGroup, find_input_groups, streamed_covariances, token_batches
-from folora.calibration.proxy import ProxyConfig, sample_proxy
+from folora.calibration.covariance import (
+    CovarianceCalibration,
+    InputGroup,
+    find_input_groups,
+    streamed_covariances,
+    token_batches,
+)
+from folora.calibration.proxy import ProxyConfig, proxy_options, sample_proxy, sized_proxy_config
 from folora.errors import require
 from folora.fo_lora.gated_adam import COORDINATES, GATES, GatedSpectralAdam
 from folora.fo_lora.memory import BASIS_DTYPES, check_fits, choose_plan, device_memory, top_k_for
@@ -40,23 +44,6 @@ from folora.methods.base import (
 from folora.methods.options import nested_options
 from folora.records.identity import fingerprint
 from folora.tasks.data import collate
-
-
-@dataclass(frozen=True)
-class CovarianceCalibration:
-    """How the covariances are gathered: which task examples form C_t, in what batches, how many groups at once."""
-
-    task_examples: int                   # training examples whose tokens form C_t
-    batch_size: int
-    groups_per_pass: int | str | None    # input groups per covariance pass; auto: as many as memory allows
-
-    def __post_init__(self):
-        require(self.task_examples > 0 and self.batch_size > 0,
-                f"method.calibration.task_examples={self.task_examples} and method.calibration.batch_size="
-                f"{self.batch_size} must be positive.")
-        require(self.groups_per_pass in (None, "auto") or (isinstance(self.groups_per_pass, int) and self.groups_per_pass > 0),
-                f"method.calibration.groups_per_pass={self.groups_per_pass!r} must be auto, a positive integer, or null "
-                f"(all groups in one pass).")
 
 
 class FoLoRA(PeftLoRAMethod):
@@ -88,14 +75,7 @@ class FoLoRA(PeftLoRAMethod):
         require(tau > 0, f"method.tau={tau} must be positive (the width of the sigmoid gate in log λ).")
         require(b_damping >= 0, f"method.b_damping={b_damping} must be >= 0.")
         # the seed is the run's; the number of sequences may be `auto`, sized to the adapted layers (`_proxy_config`)
-        self.proxy_options = nested_options("method.proxy", proxy, ProxyConfig, exclude=("seed", "min_tokens"))
-        self.proxy_sequences = self.proxy_options.pop("num_sequences")
-        require(self.proxy_sequences == "auto" or (isinstance(self.proxy_sequences, int)
-                                                   and not isinstance(self.proxy_sequences, bool)
-                                                   and self.proxy_sequences > 0),
-                f"method.proxy.num_sequences={self.proxy_sequences!r} must be auto (at least "
-                f"method.proxy_tokens_per_width proxy tokens per input dimension of the widest adapted layer) or a "
-                f"positive number of sequences.")
+        self.proxy_options, self.proxy_sequences = proxy_options(proxy)
         require(proxy_tokens_per_width > 0, f"method.proxy_tokens_per_width={proxy_tokens_per_width} must be positive.")
         self.proxy_tokens_per_width = float(proxy_tokens_per_width)
         self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration, CovarianceCalibration))
@@ -133,19 +113,10 @@ class FoLoRA(PeftLoRAMethod):
         return peft_model
 
     def _proxy_config(self, groups: list[InputGroup], seed: int) -> ProxyConfig:
-        """The proxy sampler's settings; `num_sequences: auto` samples enough sequences for at least
-        `proxy_tokens_per_width` proxy tokens per input dimension of the widest adapted layer, so that no group's
-        C_p is rank-deficient (fewer tokens than dimensions leave directions held only by the damping, whose basis
-        vectors grow to ~1/√ε: docs/folora.md)."""
-        count, tokens = self.proxy_sequences, 0
-        if count == "auto":
-            widest = max(g.dim for g in groups)
-            count = auto_proxy_sequences(widest, int(self.proxy_options["length"]), self.proxy_tokens_per_width)
-            if self.proxy_options["stop_at_eos"]:   # sequences ended early by EOS are made up for by sampling more
-                tokens = math.ceil(self.proxy_tokens_per_width * widest)
-            # (at a fixed length the count alone gives the tokens, and the samples are LaLoRA's of that count: one
-            # proxy cache entry for both methods)
-        return ProxyConfig(**{"seed": seed, **self.proxy_options, "num_sequences": int(count), "min_tokens": tokens})
+        """The proxy sampler's settings, `num_sequences: auto` sized to the widest adapted layer (a proxy with fewer
+        tokens than a layer's width leaves directions held only by the damping, whose basis vectors grow to ~1/√ε)."""
+        return sized_proxy_config(self.proxy_options, self.proxy_sequences, widest=max(g.dim for g in groups),
+                                  tokens_per_width=self.proxy_tokens_per_width, seed=seed)
 
     def _kept(self, dim: int) -> int | None:
         return top_k_for(dim, self.top_k, self.top_k_fraction, self.top_k_min_dim)
@@ -309,12 +280,6 @@ class FoLoRA(PeftLoRAMethod):
 
     def summary(self) -> dict:
         return {"calibration": self.calibration_stats}
-
-
-def auto_proxy_sequences(widest: int, length: int, tokens_per_width: float) -> int:
-    """Proxy sequences of `length` sampled tokens that give at least `tokens_per_width` tokens per input dimension
-    of the widest adapted layer (`method.proxy.num_sequences: auto`)."""
-    return math.ceil(tokens_per_width * widest / length)
 
 
 def _basis_fields(basis: Basis) -> dict:

@@ -62,6 +62,8 @@ class Method:
     parents'), without defaults: their values live in the method's YAML (`conf/method/<name>.yaml`), the one place
     a method's name, knob and defaults are written. `folora.methods.options` checks them before anything runs."""
 
+    export_folder = "adapter"   # the run folder's subfolder `export` writes (a method that exports a whole model: "model")
+
     def __init__(self, *, name: str, knob: str, lr: float | None = None):
         self.name = name
         self.knob = knob
