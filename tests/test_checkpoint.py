@@ -34,9 +34,15 @@ VARIANTS = [[f"method={m}"] for m in METHODS] + [["method=folora", "method.refre
 STEPS = 6
 
 
+BASE = ("model=tiny-random", "task.sizes.train=32", "task.sizes.validation=8", f"train.steps={STEPS}",
+        "train.batch_size=4", "train.lr=2e-2", "train.log_every=1")
+
+
 def tiny(*overrides: str):
-    return composed("model=tiny-random", "task.sizes.train=32", "task.sizes.validation=8", f"train.steps={STEPS}",
-                    "train.batch_size=4", "train.lr=2e-2", "train.log_every=1", "method.dropout=0.1", *overrides)
+    """A tiny run's config; adapter dropout 0.1 wherever the method has it, so resuming must restore its generator."""
+    cfg = composed(*BASE, *overrides)
+    dropout = [key for key in ("method.dropout", "method.config.lora_dropout") if OmegaConf.select(cfg, key) is not None]
+    return composed(*BASE, *[f"{key}=0.1" for key in dropout], *overrides)
 
 
 def prepared(cfg, tmp_path: Path, calibration: dict | None = None):
