@@ -94,16 +94,32 @@ def resolve_tasks(selector) -> list[str]:
     return list(selector)
 
 
-def resolve_methods(selector) -> dict[str, list | None]:
-    """`all` (every method at its default knob value) or {method: [knob values] or null}."""
+def resolve_methods(grid: DictConfig) -> dict[str, list | None]:
+    """`grid.methods`: `all` or {method: [knob values] or null (its default)}. With `all`, every method config in
+    conf/method/ less `grid.exclude_methods`, each at the values `grid.knob_values` gives it (a grid that lists knob
+    values must list them for every method it runs, so a new method cannot join a trade-off grid as a single point)."""
     options = available("method")
-    if selector == "all":
-        return {name: None for name in options}
-    methods = OmegaConf.to_container(selector) if isinstance(selector, DictConfig) else dict(selector)
-    unknown = [m for m in methods if m not in options]
+    selector = grid.methods
+    if selector != "all":
+        methods = OmegaConf.to_container(selector) if isinstance(selector, DictConfig) else dict(selector)
+        unknown = [m for m in methods if m not in options]
+        if unknown:
+            raise ExperimentError(f"Unknown method(s) {unknown}; conf/method has {list(options)}.")
+        return {m: (list(v) if v is not None else None) for m, v in methods.items()}
+    excluded = [str(m) for m in grid.get("exclude_methods") or []]
+    values = OmegaConf.to_container(grid.knob_values) if grid.get("knob_values") is not None else None
+    unknown = [m for m in [*excluded, *(values or {})] if m not in options]
     if unknown:
-        raise ExperimentError(f"Unknown method(s) {unknown}; conf/method has {list(options)}.")
-    return {m: (list(v) if v is not None else None) for m, v in methods.items()}
+        raise ExperimentError(f"Unknown method(s) {unknown} in exclude_methods or knob_values; conf/method has "
+                              f"{list(options)}.")
+    methods = [name for name in options if name not in excluded]
+    if values is not None:
+        missing = [m for m in methods if values.get(m) is None]
+        if missing:
+            raise ExperimentError(f"grid.knob_values gives no values for {missing}: add a list of knob values for "
+                                  f"each (its YAML's `knob` names the key), or list them in grid.exclude_methods.")
+        return {m: list(values[m]) for m in methods}
+    return {name: None for name in methods}
 
 
 def resolve_variants(grid: DictConfig) -> dict[str | None, list[str]]:
@@ -163,7 +179,7 @@ def cells(spec: DictConfig) -> list[Cell]:
     """Every run of the grid, method by method (then variant, task, knob value, seed): the order its sweeps take."""
     grid = spec.grid
     knobs = {name: str(cfg.knob) for name, cfg in available("method").items()}
-    methods = resolve_methods(grid.methods)
+    methods = resolve_methods(grid)
     variants = resolve_variants(grid)
     check_variants(list(methods), variants, fixed_overrides(spec))
     out = []

@@ -265,6 +265,21 @@ def test_unknown_names_stop_with_a_message():
         cells(load_experiment("smoke", ["grid.methods={nope: null}"]))
     with pytest.raises(ExperimentError, match="Unknown task"):
         cells(load_experiment("smoke", ["grid.tasks=[nope]"]))
+    with pytest.raises(ExperimentError, match=r"Unknown method\(s\) \['nope'\] in exclude_methods"):
+        cells(load_experiment("smoke", ["grid.exclude_methods=[nope]"]))
+
+
+def test_a_trade_off_grid_over_all_methods_names_knob_values_for_each():
+    """`methods: all` with `knob_values`: every method not excluded runs each of its values; one without values stops
+    the grid by name, so a new method config cannot join a trade-off grid as a single default point."""
+    methods = sorted(path.stem for path in (CONF / "method").glob("*.yaml"))
+    spec = load_experiment("knobs", [])
+    runs = cells(spec)
+    expected = {m: list(spec.grid.knob_values[m]) for m in methods if m not in spec.grid.exclude_methods}
+    assert {m: sorted({c.value for c in runs if c.method == m}) for m in expected} == {
+        m: sorted(v) for m, v in expected.items()}
+    with pytest.raises(ExperimentError, match=r"grid.knob_values gives no values for \['dora'\]"):
+        cells(load_experiment("knobs", ["grid.knob_values.dora=null"]))
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "slurm"])
