@@ -258,6 +258,26 @@ def test_proxy_sequences_stop_at_eos_and_chat_samples_are_conversations(tiny, tm
     assert ended > 0
 
 
+def test_auto_start_is_the_chat_template_on_a_chat_model_and_bos_otherwise(tiny, tmp_path):
+    """`start: auto` samples conversations where the tokenizer has a chat template and starts at BOS where it has
+    none; the resolved start keys the cache, so `auto` reads the samples of the start it resolves to."""
+    import copy
+    from dataclasses import replace
+
+    from folora.calibration.proxy import resolved_start
+
+    model, tokenizer = tiny.model, tiny.tokenizer
+    plain = copy.copy(tokenizer)
+    plain.chat_template = None
+    assert resolved_start(proxy_config(start="auto"), tokenizer).start == ("chat" if tokenizer.chat_template else "bos")
+    assert resolved_start(proxy_config(start="auto"), plain).start == "bos"
+    assert resolved_start(proxy_config(start="seeds"), tokenizer).start == "seeds"
+    cfg = proxy_config(num_sequences=4, length=6, batch_size=4)
+    first, second = (sample_proxy(model, plain, replace(cfg, start=start), model_fingerprint=tiny.fingerprint,
+                                  cache_dir=tmp_path, device=torch.device("cpu")) for start in ("bos", "auto"))
+    assert second.cached and second.sequences == first.sequences
+
+
 def test_folora_and_lalora_default_proxies_are_one_cache_entry_on_the_embedded_model():
     """SmolLM2-135M's widest adapted input is 1536: `auto` gives 64 sequences of 96 tokens, LaLoRA's curvature
     samples, so both methods read one proxy sample (one cache key)."""

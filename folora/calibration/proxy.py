@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from folora.records.io import cache_lock, write_json_atomic
 from folora.training import precision
 
 # Short, topic-neutral openings for `start: seeds`: prose, dialogue, code and lists, so no domain dominates.
-STARTS = ("bos", "random_token", "seeds", "chat")
+STARTS = ("bos", "random_token", "seeds", "chat", "auto")
 NEUTRAL_SEEDS = ("The", "In", "A", "It", "When", "We", "This", "There", "One", "I", "def", "import", "#", "1.",
                  "Q:", "Once")
 
@@ -39,7 +39,8 @@ class ProxyConfig:
                                 # resolves it to a number from the adapted layers' widths before sampling)
     length: int                 # new tokens sampled after the start (per turn with start=chat); exactly this many
                                 # unless stop_at_eos
-    start: str                  # bos | random_token | seeds | chat (a conversation in the tokenizer's chat template)
+    start: str                  # bos | random_token | seeds | chat (a conversation in the tokenizer's chat template) |
+                                # auto (chat where the tokenizer has a chat template, else bos)
     temperature: float
     top_p: float
     stop_at_eos: bool           # end each sequence at the model's end-of-sequence token, as the model itself would
@@ -102,6 +103,7 @@ def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_f
     """Sample (or load from cache) `cfg.num_sequences` distinct sequences from `model` at a resolved precision
     (the samples differ between fp32 and bf16, so the precision is part of the cache key)."""
     cfg.validate()
+    cfg = resolved_start(cfg, tokenizer)
     key = identity("proxy", config={**asdict(cfg), "precision": precision_used}, data={"model": model_fingerprint},
                    code=code_part(__name__, packages=("torch", "transformers"))).key
     path = cache_dir / "proxy" / f"{key}.json"
@@ -116,6 +118,15 @@ def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_f
                 return ProxyData(sequences, stats)
     payload = json.loads(path.read_text())
     return ProxyData(payload["sequences"], payload["stats"], cached=True)
+
+
+def resolved_start(cfg: ProxyConfig, tokenizer) -> ProxyConfig:
+    """`start: auto` as the model's own use of it: a conversation in its chat template where the tokenizer has one
+    (a chat model's own samples begin so), else BOS. The resolved start keys the cache, so `auto` and the start it
+    resolves to share samples."""
+    if cfg.start != "auto":
+        return cfg
+    return replace(cfg, start="chat" if getattr(tokenizer, "chat_template", None) else "bos")
 
 
 def _start_ids(tokenizer, cfg: ProxyConfig, count: int, generator: torch.Generator) -> list[list[int]]:
