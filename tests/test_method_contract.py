@@ -100,3 +100,30 @@ def test_embedded_adapter_scores_through_lm_eval_equal_the_runs_final_scores(met
     assert {item: s["value"] for item, s in scores.items()} == pytest.approx(finals, rel=1e-5, abs=1e-6), json.dumps(
         {"lm_eval": {i: s["value"] for i, s in scores.items()}, "run": finals}, indent=1)
     assert OmegaConf.select(cfg, "method.name") == results["method"]["name"]
+
+
+@pytest.mark.integration
+def test_a_full_fine_tune_exports_a_model_folder_that_lm_eval_scores_as_the_run_did(tmp_path):
+    """`method=full` through `python -m folora.run`: the run folder holds `model/` (weights, config, tokenizer) and
+    no adapter, and lm-eval's own HFLM on that folder gives the run's final scores."""
+    from lm_eval.models.huggingface import HFLM
+
+    from folora.evals.suite import evaluate_lm
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "full"
+    overrides = [*TINY, "method=full", "train.lr=1e-3", "eval.precision=fp32"]
+    process = run_folora(run_dir, *overrides)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = read_results(run_dir)
+    model_dir = run_dir / "model"
+    assert results["adapter"] == str(model_dir) and not (run_dir / "adapter").exists()
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in model_dir.iterdir()}
+    cfg = composed(*overrides)
+    lm = HFLM(pretrained=str(model_dir), dtype="float32", device="cpu", batch_size=int(cfg.eval.batch_size),
+              max_length=int(cfg.eval.max_length))
+    scores = {item: s["value"] for item, s in evaluate_lm(lm, cfg.eval).scores.items()}
+    finals = {item: m["final"]["value"] for item, m in results["metrics"].items()}
+    bases = {item: m["base"]["value"] for item, m in results["metrics"].items()}
+    assert scores == pytest.approx(finals, rel=1e-5, abs=1e-6), json.dumps({"lm_eval": scores, "run": finals})
+    assert finals != bases   # the fine-tune changed what the suite measures: the equality above is not the base's
