@@ -24,6 +24,7 @@ unmodified base (baselines/residual.py).
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -56,6 +57,9 @@ class CorDA(ResidualLoRA):
         self.proxy_tokens_per_width = float(proxy_tokens_per_width)
         self.calibration = CovarianceCalibration(**nested_options("method.calibration", calibration,
                                                                   CovarianceCalibration))
+        require(self.calibration.groups_per_pass != "auto",
+                "method.calibration.groups_per_pass=auto is FoLoRA's memory plan; for CorDA give a number of input "
+                "groups per covariance pass, or null (all at once).")
         base = self.lora_config
         self.lora_config = LoraConfig(r=base.r, lora_alpha=base.lora_alpha, lora_dropout=base.lora_dropout,
                                       target_modules=base.target_modules, task_type="CAUSAL_LM",
@@ -65,8 +69,14 @@ class CorDA(ResidualLoRA):
 
     # --- calibration ----------------------------------------------------------------------------------------------
 
-    def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+    def _layers(self, model: torch.nn.Module) -> list[str]:
         names = linear_layer_names(model, self.lora_config)
+        require(names, f"method.target_modules={self.lora_config.target_modules!r} matches no linear layer of "
+                       f"{type(model).__name__}; use all-linear or names of its layers (e.g. [q_proj, v_proj]).")
+        return names
+
+    def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        names = self._layers(model)
         check_rank(self.lora_config.r, model, names)
         if ctx.calibration is not None:
             self.eigens, self.stats = ctx.calibration["eigens"], ctx.calibration["stats"]
@@ -78,6 +88,8 @@ class CorDA(ResidualLoRA):
             modules[name].eigens = CordaEigens(**{k: v.to(ctx.device, copy=True) for k, v in fields.items()})
         try:
             peft_model = self.wrap(model)   # PEFT's corda_init: A, B from the eigens, the residual into W
+        except ValueError as error:
+            raise FoloraError(f"PEFT could not build the CorDA adapter on {type(model).__name__}: {error}") from None
         finally:
             for name in names:
                 if hasattr(modules[name], "eigens"):
@@ -87,6 +99,7 @@ class CorDA(ResidualLoRA):
 
     def _calibrate(self, model: torch.nn.Module, names: list[str], ctx: MethodContext) -> None:
         """Each input group's covariance on the mode's data, then PEFT's decomposition of each member layer."""
+        self.eigens, self.stats = {}, {}
         probe = ctx.tokenizer(["The"], return_tensors="pt")
         groups = find_input_groups(model, names, {k: probe[k].to(ctx.device) for k in ("input_ids", "attention_mask")})
         batches, source = self._batches(model, groups, ctx)
@@ -103,7 +116,7 @@ class CorDA(ResidualLoRA):
                     self.eigens[name] = self._decompose(modules[name], covariances[group.key])
                 del covariances[group.key]
             seconds += time.perf_counter() - began
-        self.stats = {"data": source, "tokens": tokens, "groups": len(groups), "decomposition_s": round(seconds, 3)}
+        self.stats.update({"data": source, "tokens": tokens, "groups": len(groups), "decomposition_s": round(seconds, 3)})
 
     def _batches(self, model: torch.nn.Module, groups, ctx: MethodContext) -> tuple[list[dict], str]:
         """The covariance data: the self-sampled proxy (kpm) or the task's training examples (ipm)."""
@@ -126,9 +139,19 @@ class CorDA(ResidualLoRA):
 
     def _decompose(self, layer: torch.nn.Module, covariance: torch.Tensor) -> dict[str, torch.Tensor]:
         """PEFT's decomposition of one layer on `covariance`, cut to this mode's r components."""
+        trace = float(torch.diagonal(covariance).sum())
+        if not math.isfinite(trace) or trace <= 0 or not bool(torch.isfinite(covariance).all()):
+            # PEFT's damping loop never ends on a non-finite covariance and fails on a zero one
+            raise FoloraError(f"CorDA's calibration covariance is {'zero' if trace == 0 else 'not finite'} for a layer "
+                              f"of {covariance.shape[0]} inputs: the {'proxy' if self.corda_method == 'kpm' else 'task'} "
+                              f"data produced no usable activations there. Check the data, or calibrate in fp32 "
+                              f"(eval.precision=fp32).")
         layer.covariance_matrix = covariance
         try:
             eigens = collect_eigens_for_layer(layer, self.lora_config)
+        except torch.linalg.LinAlgError as error:
+            raise FoloraError(f"CorDA's decomposition failed ({error}); raise method.proxy.num_sequences (kpm) or "
+                              f"method.calibration.task_examples (ipm).") from None
         finally:
             del layer.covariance_matrix
         r = self.lora_config.r
@@ -145,7 +168,7 @@ class CorDA(ResidualLoRA):
         """The adapted layers, the rank (the eigens are cut to it), the mode and its data: the proxy's settings and
         seed (kpm) or the task examples' tokens (ipm), and how the covariances are gathered. Not alpha, dropout or
         the learning rate: they only steer training."""
-        names = linear_layer_names(model, self.lora_config)
+        names = self._layers(model)
         identity = {"layers": names, "rank": self.lora_config.r, "corda_method": self.corda_method,
                     "calibration": {"task_examples": self.calibration.task_examples,
                                     "batch_size": self.calibration.batch_size}}

@@ -20,6 +20,7 @@ from folora.methods.base import Method, MethodContext
 
 class FullFineTune(Method):
     export_folder = "model"
+    trains_all_weights = True
 
     def __init__(self, *, freeze_embeddings: bool, **options):
         super().__init__(**options)

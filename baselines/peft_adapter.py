@@ -38,6 +38,23 @@ NEEDS_OWN_LOOP = {
 }
 
 
+# Options that change training beyond the adapter's forward (a loss term, a step hook) or rewrite the base weights
+# at initialization (the export would then be an adapter for weights the unmodified base does not have): refused
+# with the reason and, where there is one, the method that does it properly.
+INIT_KEPT = (True, False, "gaussian")   # LoRA initializations that leave W and start at (or near) the base function
+REFUSED_OPTIONS = {
+    ("LORA", "init_lora_weights"): (lambda v: v not in INIT_KEPT,
+                                    "this initialization rewrites the base weights or needs data (PiSSA, OLoRA, CorDA, "
+                                    "LoftQ, EVA, LoRA-GA, orthogonal, MiCA); use method=pissa or method=corda for "
+                                    "those, or init_lora_weights: true | false | gaussian here"),
+    ("LORA", "monteclora_config"): (lambda v: v is not None,
+                                    "MonteCLoRA adds a loss term computed inside PEFT's forward, which folora's "
+                                    "training loss does not read"),
+    ("ADAMSS", "use_asa"): (lambda v: bool(v), "its adaptive subspace allocation runs between the optimizer step "
+                                               "and zeroing the gradients; set use_asa: false"),
+}
+
+
 def _by_name() -> dict[str, type]:
     return {str(getattr(t, "value", t)): cls for t, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
 
@@ -72,6 +89,10 @@ def peft_config(peft_type: str, options: dict) -> PeftConfig:
     unknown = sorted(set(options) - set(fields))
     require(not unknown, f"{', '.join(f'method.config.{k}' for k in unknown)}: not an option of PEFT's "
                          f"{config_class.__name__} (method.peft_type={name}). Valid options: {', '.join(fields)}.")
+    for (kind, option), (refused, why) in REFUSED_OPTIONS.items():
+        if kind == name and option in options and refused(options[option]):
+            raise FoloraError(f"method.config.{option}={options[option]!r} is not supported with "
+                              f"method.peft_type={name}: {why}.")
     try:
         return config_class(**options, task_type="CAUSAL_LM")
     except (TypeError, ValueError) as error:

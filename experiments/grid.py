@@ -100,6 +100,9 @@ def resolve_methods(grid: DictConfig) -> dict[str, list | None]:
     values must list them for every method it runs, so a new method cannot join a trade-off grid as a single point)."""
     options = available("method")
     selector = grid.methods
+    if selector != "all" and (grid.get("exclude_methods") or grid.get("knob_values")):
+        raise ExperimentError("grid.exclude_methods and grid.knob_values apply to `methods: all`; with a mapping of "
+                              "methods, list the methods and their knob values there instead.")
     if selector != "all":
         methods = OmegaConf.to_container(selector) if isinstance(selector, DictConfig) else dict(selector)
         unknown = [m for m in methods if m not in options]

@@ -236,8 +236,12 @@ def _dir_fingerprint(path: Path) -> str:
 
 
 def _ensure_chat_ready(tokenizer) -> None:
-    """Every task formats with a chat template and batches with padding: give both a default."""
-    if getattr(tokenizer, "chat_template", None) is None:
+    """Every task formats with a chat template and batches with padding: give both a default. A template given here
+    is marked (`has_own_chat_template` is False), so that what depends on the model having been trained on chat
+    (the proxy sampler's `start: auto`) can tell."""
+    own = getattr(tokenizer, "chat_template", None) is not None
+    tokenizer.has_own_chat_template = own
+    if not own:
         tokenizer.chat_template = CHATML_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

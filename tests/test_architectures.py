@@ -88,3 +88,19 @@ def test_every_method_trains_exports_and_reloads_on_the_architecture(architectur
         reloaded = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, tuned, atol=1e-4)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"], ["self_attn.o_proj"], r".*mlp\..*_proj"])
+def test_the_layers_a_method_calibrates_are_the_layers_peft_wraps(targets, tiny_task):
+    """`linear_layer_names` (what FoLoRA, LaLoRA and CorDA calibrate before wrapping) follows PEFT's matching rules:
+    `all-linear`, a list of names or name suffixes, a regular expression."""
+    from peft import LoraConfig, get_peft_model
+
+    from folora.methods.base import linear_layer_names, lora_layers
+
+    tokenizer, _ = tiny_task
+    base = tiny_architecture("llama", len(tokenizer))
+    config = LoraConfig(r=2, target_modules=targets)
+    ours = linear_layer_names(base, config)
+    wrapped = [name for name, _ in lora_layers(get_peft_model(copy.deepcopy(base), config))]
+    assert ours and ours == wrapped

@@ -42,9 +42,10 @@ def assert_clean_failure(run_dir, process, *phrases) -> dict:
                                                                       "no_such_layer"]),
     (["method=full", "model.dtype=bf16", "train.precision=bf16", "eval.precision=bf16"],
      ["method=full trains every weight", "fp32 master weights", "model.dtype=fp32"]),
+    (["method=full", "model.dtype=bf16", "train.precision=fp32"], ["method=full trains every weight"]),
 ], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "steps-negative", "missing-data-file", "nan-loss",
         "kappa-negative", "unknown-gate", "lora-rank-too-large", "peft-unknown-type", "peft-unknown-option",
-        "peft-no-such-layer", "full-bf16-weights"])
+        "peft-no-such-layer", "full-bf16-weights", "full-bf16-weights-fp32-training"])
 def test_user_errors(tmp_path, overrides, phrases):
     run_dir = tmp_path / "run"
     assert_clean_failure(run_dir, run_folora(run_dir, *TINY, *overrides), *phrases)

@@ -259,19 +259,22 @@ def test_proxy_sequences_stop_at_eos_and_chat_samples_are_conversations(tiny, tm
 
 
 def test_auto_start_is_the_chat_template_on_a_chat_model_and_bos_otherwise(tiny, tmp_path):
-    """`start: auto` samples conversations where the tokenizer has a chat template and starts at BOS where it has
-    none; the resolved start keys the cache, so `auto` reads the samples of the start it resolves to."""
+    """`start: auto` samples conversations where the model came with a chat template and starts at BOS where the
+    template is the one folora's loader gave it for formatting tasks; the resolved start keys the cache, so `auto`
+    reads the samples of the start it resolves to."""
     import copy
     from dataclasses import replace
 
     from folora.calibration.proxy import resolved_start
 
     model, tokenizer = tiny.model, tiny.tokenizer
-    plain = copy.copy(tokenizer)
-    plain.chat_template = None
-    assert resolved_start(proxy_config(start="auto"), tokenizer).start == ("chat" if tokenizer.chat_template else "bos")
+    chat, plain = copy.copy(tokenizer), copy.copy(tokenizer)
+    chat.has_own_chat_template, plain.has_own_chat_template = True, False
+    assert tokenizer.has_own_chat_template in (True, False) and plain.chat_template   # marked by the loader; tasks
+    # still format with its default template
+    assert resolved_start(proxy_config(start="auto"), chat).start == "chat"
     assert resolved_start(proxy_config(start="auto"), plain).start == "bos"
-    assert resolved_start(proxy_config(start="seeds"), tokenizer).start == "seeds"
+    assert resolved_start(proxy_config(start="seeds"), chat).start == "seeds"
     cfg = proxy_config(num_sequences=4, length=6, batch_size=4)
     first, second = (sample_proxy(model, plain, replace(cfg, start=start), model_fingerprint=tiny.fingerprint,
                                   cache_dir=tmp_path, device=torch.device("cpu")) for start in ("bos", "auto"))

@@ -119,6 +119,8 @@ BAD_METHOD_OPTIONS = [
     ("peft", ["method.peft_type=PREFIX_TUNING"], ["PREFIX_TUNING is a prompt-learning type", "LORA"]),
     ("peft", ["method.peft_type=ADALORA"], ["method.peft_type=ADALORA is not supported", "rank allocation"]),
     ("oft", ["method.config.r=4"], ["PEFT refused method.config for OFTConfig", "oft_block_size"]),
+    ("dora", ["+method.config.init_lora_weights=pissa"], ["method.config.init_lora_weights='pissa' is not supported",
+                                                          "use method=pissa"]),
     ("full", ["method.freeze_embeddings=sometimes"], ["method.freeze_embeddings='sometimes' is a str",
                                                       "true or false"]),
 ]

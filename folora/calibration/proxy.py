@@ -104,7 +104,9 @@ def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_f
     (the samples differ between fp32 and bf16, so the precision is part of the cache key)."""
     cfg.validate()
     cfg = resolved_start(cfg, tokenizer)
-    key = identity("proxy", config={**asdict(cfg), "precision": precision_used}, data={"model": model_fingerprint},
+    template = tokenizer.chat_template if cfg.start == "chat" else None   # a conversation's tokens come from it
+    key = identity("proxy", config={**asdict(cfg), "precision": precision_used, "chat_template": template},
+                   data={"model": model_fingerprint},
                    code=code_part(__name__, packages=("torch", "transformers"))).key
     path = cache_dir / "proxy" / f"{key}.json"
     if not path.is_file():
@@ -126,7 +128,13 @@ def resolved_start(cfg: ProxyConfig, tokenizer) -> ProxyConfig:
     resolves to share samples."""
     if cfg.start != "auto":
         return cfg
-    return replace(cfg, start="chat" if getattr(tokenizer, "chat_template", None) else "bos")
+    return replace(cfg, start="chat" if has_own_chat_template(tokenizer) else "bos")
+
+
+def has_own_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer came with a chat template (folora's loader gives one to every tokenizer for the tasks'
+    formatting, and marks it as not the model's own)."""
+    return bool(getattr(tokenizer, "chat_template", None)) and getattr(tokenizer, "has_own_chat_template", True)
 
 
 def _start_ids(tokenizer, cfg: ProxyConfig, count: int, generator: torch.Generator) -> list[list[int]]:

@@ -87,7 +87,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     device = pick_device(cfg.device)
     method = build_method(cfg.method)
     eval_precision = precision.resolve(cfg.eval.precision, device)   # eval, calibration and drafts
-    check_weight_dtype(cfg, device, eval_precision)
+    check_weight_dtype(cfg, device, eval_precision, method)
     resume, calibration = checkpoints.load_state(), checkpoints.load_calibration()
     if resume is not None:
         print(f"[folora] resuming from the checkpoint of step {resume['step']} in {checkpoints.folder}", flush=True)
@@ -139,10 +139,16 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                    phases=phases, adapter=exported)
 
 
-def check_weight_dtype(cfg: DictConfig, device: torch.device, eval_precision: str) -> None:
-    """bf16 frozen weights need bf16 autocast in training and evaluation: refuse the run before loading anything."""
-    if cfg.model.get("dtype", "fp32") == "bf16" and "fp32" in (eval_precision,
-                                                              precision.resolve(cfg.train.precision, device)):
+def check_weight_dtype(cfg: DictConfig, device: torch.device, eval_precision: str, method) -> None:
+    """bf16 frozen weights need bf16 autocast in training and evaluation, and a method that trains every weight
+    needs them in fp32: refuse the run before loading anything."""
+    if cfg.model.get("dtype", "fp32") != "bf16":
+        return
+    if method.trains_all_weights:
+        raise FoloraError(f"method={cfg.method.name} trains every weight and keeps them as fp32 master weights, but "
+                          f"model.dtype=bf16 stores them in bf16: AdamW steps on them would round most updates away. "
+                          f"Set model.dtype=fp32; bf16 autocast (train.precision=bf16) still computes in bf16.")
+    if "fp32" in (eval_precision, precision.resolve(cfg.train.precision, device)):
         raise FoloraError(f"model.dtype=bf16 stores the frozen weights in bf16, which only bf16 autocast can compute "
                           f"with; here train.precision={cfg.train.precision} and eval.precision={cfg.eval.precision} "
                           f"resolve to fp32 on {device.type}. Set train.precision=bf16 eval.precision=bf16, or "

@@ -19,6 +19,7 @@ learning rate, which `train.lr` takes unless the command line sets it (conf/conf
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class Method:
     a method's name, knob and defaults are written. `folora.methods.options` checks them before anything runs."""
 
     export_folder = "adapter"   # the run folder's subfolder `export` writes (a method that exports a whole model: "model")
+    trains_all_weights = False  # True: every weight is a trainable fp32 master weight (the runner refuses bf16 storage)
 
     def __init__(self, *, name: str, knob: str, lr: float | None = None):
         self.name = name
@@ -180,15 +182,20 @@ def lora_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 
 def linear_layer_names(model: torch.nn.Module, lora_config: LoraConfig) -> list[str]:
-    """The names of the base model's linear (or Conv1D) layers that `lora_config` adapts: every one but the output
-    head for `all-linear` (PEFT's rule), else those whose name or last name component is listed."""
+    """The names of the base model's linear (or Conv1D) layers that `lora_config` adapts, by PEFT's rules: every one
+    but the output head for `all-linear`; for another string, the names it matches in full as a regular expression;
+    for a list, the names equal to an entry or ending in `.` + an entry."""
     targets = lora_config.target_modules
     head = model.get_output_embeddings()
     names = []
     for name, module in model.named_modules():
         if not isinstance(module, ADAPTABLE) or module is head:
             continue
-        if targets == "all-linear" or name in targets or name.rsplit(".", 1)[-1] in targets:
+        if isinstance(targets, str):
+            chosen = targets == "all-linear" or re.fullmatch(targets, name) is not None
+        else:
+            chosen = any(name == t or name.endswith("." + t) for t in targets)
+        if chosen:
             names.append(name)
     return names
 

@@ -226,7 +226,9 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
 
 def training_state(trainer: Trainer, summary: TrainSummary, grad_accum: int) -> dict:
     """Everything the next step depends on, after `summary.steps` steps (see `folora.training.checkpoint`)."""
-    weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    # copied to the CPU: for a full fine-tune the trainable weights are the whole model, and a second copy on the
+    # accelerator is what a checkpoint must not cost
+    weights = {name: p.detach().to("cpu", copy=True) for name, p in trainer.model.named_parameters() if p.requires_grad}
     return {"step": summary.steps, "batches_read": summary.steps * grad_accum, "weights": weights,
             "optimizer": trainer.optimizer.state_dict(), "schedule": trainer.schedule.state_dict(),
             "method": trainer.method.state_dict(), "rng": rng_state(), "summary": summary.progress()}
