@@ -195,3 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_lora_through_method_peft_is_method_lora(tmp_path):
+    """`method=peft` with LoRA's settings in PEFT's names (conf/method/peft.yaml) trains exactly as `method=lora`:
+    the generic PEFT path adds nothing of its own."""
+    assert golden_run("peft", tmp_path / "peft") == pytest.approx(golden_run("lora", tmp_path / "lora"), rel=1e-6)
