@@ -4,7 +4,8 @@ and the runner drives it without knowing it.
 
 - `method`      the `FoLoRA` method class (calibration, optimizer wiring, basis refresh, live statistics);
 - `spectral`    the generalized eigenproblem C_t v = λ (C_p + εI) v, per input group;
-- `gated_adam`  Adam with A's moments in spectral coordinates and steps gated by g(λ), B gated in the r × r basis.
+- `gated_adam`  Adam whose steps are gated by g(λ) in the spectral basis (A's moments in A's own coordinates by
+                default, or in the spectral ones), B gated in the r × r basis.
 
 The shared calibration components it uses (proxy sampling, covariance hooks) live in `folora.calibration`.
 """

@@ -5,7 +5,7 @@ Vᵀ C_t V = Λ), write A = Z Vᵀ, so Z = A·(C_p V) and ∂L/∂Z = ∂L/∂A 
 F = s²‖B A‖²_{C_p} = s²‖B Z‖² is Euclidean and the utility diagonal, so each column j of Z is one direction
 with a known utility per unit penalty λ_j.
 
-- **A side**: Adam's moments are kept in Z coordinates; direction j's step is scaled by a gate g(λ_j), then
+- **A side** (`coordinates="spectral"`): Adam's moments are kept in Z coordinates; direction j's step is scaled by a gate g(λ_j), then
   mapped back, ΔA = ΔZ Vᵀ. In top-k mode the directions left out form one group, updated by Adam in A
   coordinates inside the C_p-orthogonal complement of the kept ones, scaled by the mean of their own gates g(λ_j),
   so that their mean step scale is the full basis's (Adam's normalization still acts in A coordinates there, not
@@ -17,7 +17,8 @@ with a known utility per unit penalty λ_j.
 
 Either side can be switched off (plain Adam there). Weight decay is decoupled (AdamW).
 
-`coordinates="weight"` keeps A's Adam moments and normalization in A's own coordinates instead and gates Adam's step
+`coordinates="weight"` (FoLoRA's default, conf/method/folora.yaml) keeps A's Adam moments and normalization in A's
+own coordinates instead and gates Adam's step
 D as the C_p-oblique projection ΔA = (D·PV) diag(g) Vᵀ, which is D itself when every gate is 1 (D = (D·PV)·Vᵀ for a
 full basis): at κ = 0 the step is plain Adam's, so FoLoRA is LoRA, and only the gate separates the two. In top-k
 mode the directions left out get D − (D·PV)·Vᵀ scaled by the mean of their gates.

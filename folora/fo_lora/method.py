@@ -6,8 +6,9 @@ parts are ours. The pieces:
 2. `folora.calibration.covariance`  C_p over proxy tokens and C_t over task tokens, per group of layers sharing
                                     an input.
 3. `folora.fo_lora.spectral`        C_t v = λ (C_p + εI) v, per group.
-4. `folora.fo_lora.gated_adam`      Adam with A's moments in the spectral coordinates, steps gated by g(λ); B gated
-                                    in the restricted r × r problem.
+4. `folora.fo_lora.gated_adam`      Adam with steps gated by g(λ) in the spectral basis (A's moments in A's own
+                                    coordinates, `coordinates: weight`, the default; or in the spectral ones); B
+                                    gated in the restricted r × r problem.
 
 Optionally C_t is refreshed during training from an EMA of the activations the adapted layers see, and the
 basis recomputed every `refresh_every` steps.
