@@ -136,6 +136,7 @@ def test_the_8b_shapes_section_solves_and_steps_at_small_widths(tmp_path):
     assert step["layers"] == 1 and step["gated_step_s"] > 0 and step["adam_step_s"] > 0
     assert step["gated_step_s_32_layers"] == step["gated_step_s"] * 32
     assert step["bases"] == "full, bfloat16" and report["shapes8b"]["step_top_k"]["bases"] == "d/4 top-k, float32"
+    assert step["coordinates"] == "weight" and report["shapes8b"]["step_spectral"]["coordinates"] == "spectral"
     proxy = report["shapes8b"]["proxy"]
     assert proxy["llama_8b"] == {"widest": 14336, "length": 96, "sequences": 598, "tokens": 598 * 96}
     rows = {(x["width"], x["proxy"]): x for x in proxy["rows"]}

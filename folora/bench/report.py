@@ -73,10 +73,10 @@ def render(report: dict) -> str:
                       "  width  proxy  tokens  effective rank  unheld directions  largest |v|"]
             lines += [f"  {x['width']:5d}  {x['proxy']:>5s}  {x['tokens']:6d}  {x['effective_rank']:14.1f}  "
                       f"{x['below_damping']:17d}  {x['basis_norm_max']:11.1f}" for x in r["proxy"]["rows"]]
-        for st in (r["step"], r.get("step_top_k")):
+        for st in (r["step"], r.get("step_spectral"), r.get("step_top_k")):
             if st:
                 lines += [f"  optimizer step, {st['layers']} layer(s) of LoRA pairs (rank 16, 7 projections), bases "
-                          f"{st.get('bases', 'd/4 top-k, float32')}: gated {st['gated_step_s']:.3f} s, Adam "
+                          f"{st.get('bases', 'd/4 top-k, float32')}, {st.get('coordinates', 'spectral')} coordinates: gated {st['gated_step_s']:.3f} s, Adam "
                           f"{st['adam_step_s']:.3f} s (x{st['ratio']:.1f}); for 32 layers "
                           f"{st['gated_step_s_32_layers']:.2f} s vs {st['adam_step_s_32_layers']:.2f} s"]
         lines.append("")

@@ -8,7 +8,8 @@
 - **Step.** One gated optimizer step (`GatedSpectralAdam`) over every LoRA pair of `layers` 8B-shaped layers (rank 16,
   q/k/v/o/gate/up/down), against `torch.optim.Adam` on the same parameters and gradients: with full bases stored in
   bf16 (what `basis_dtype: auto` picks for 8B on an 80 GB GPU) and, for comparison, with d/4 top-k bases in fp32
-  (`top_k: auto`). The step's cost is per layer, so 32 layers cost 32 times one layer's.
+  (`top_k: auto`); A's moments in weight coordinates (FoLoRA's default), and the full-basis step also in spectral
+  coordinates. The step's cost is per layer, so 32 layers cost 32 times one layer's.
 
 - **Proxy size.** The proxy `num_sequences: auto` chooses for the 8B model (4 tokens per input dimension of the
   widest layer, 14336), and at each width what a proxy of that size and one of half the width's tokens make of C_p:
@@ -79,9 +80,9 @@ def solve_costs(widths: list[int], device: torch.device) -> list[dict]:
 
 
 def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: int = 3, *, top_k: bool = False,
-               basis_dtype: torch.dtype = torch.bfloat16) -> dict:
+               basis_dtype: torch.dtype = torch.bfloat16, coordinates: str = "weight") -> dict:
     """One gated step over `layers` 8B-shaped layers' LoRA pairs (widths multiplied by `scale`) against Adam, with
-    full bases (or d/4 top-k ones) stored at `basis_dtype`."""
+    full bases (or d/4 top-k ones) stored at `basis_dtype`, A's moments in `coordinates` (FoLoRA's default: weight)."""
     generator = torch.Generator().manual_seed(0)
     shapes = {name: (max(1, int(d_out * scale)), max(1, int(d_in * scale))) for name, (d_out, d_in) in LAYER.items()}
     pairs, params = [], []
@@ -100,7 +101,7 @@ def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: i
     for p in params:
         p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-3
     clock = Clock(device)
-    gated = GatedSpectralAdam(pairs, lr=1e-4, kappa=1.0)
+    gated = GatedSpectralAdam(pairs, lr=1e-4, kappa=1.0, coordinates=coordinates)
     adam = torch.optim.Adam(params, lr=1e-4)
     times: dict[str, list[float]] = {"gated": [], "adam": []}
     for step in range(repeats + 1):
@@ -109,8 +110,8 @@ def step_costs(layers: int, device: torch.device, scale: float = 1.0, repeats: i
             with torch.no_grad(), clock(seconds):
                 optimizer.step()
     gated_s, adam_s = statistics.median(times["gated"]), statistics.median(times["adam"])
-    return {"layers": layers, "scale": scale, "bases": f"{'d/4 top-k' if top_k else 'full'}, "
-                                                        f"{str(basis_dtype).removeprefix('torch.')}",
+    return {"layers": layers, "scale": scale, "coordinates": coordinates,
+            "bases": f"{'d/4 top-k' if top_k else 'full'}, {str(basis_dtype).removeprefix('torch.')}",
             "gated_step_s": gated_s, "adam_step_s": adam_s, "ratio": gated_s / adam_s,
             "gated_step_s_32_layers": gated_s * 32 / layers, "adam_step_s_32_layers": adam_s * 32 / layers,
             "lora_params": sum(p.numel() for p in params)}
@@ -151,5 +152,6 @@ def proxy_sizing(widths: list[int], device: torch.device, length: int = 96, per_
 def shapes_8b(device: torch.device, widths: list[int], layers: int, scale: float) -> dict:
     return {"solve": solve_costs(widths, device), "proxy": proxy_sizing(widths, device),
             "step": step_costs(layers, device, scale),
+            "step_spectral": step_costs(layers, device, scale, coordinates="spectral"),
             "step_top_k": step_costs(layers, device, scale, top_k=True, basis_dtype=torch.float32),
             "scale": "full" if scale == 1.0 and max(widths) >= MLP else "reduced"}
