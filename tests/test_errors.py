@@ -35,17 +35,14 @@ def assert_clean_failure(run_dir, process, *phrases) -> dict:
     (["method.kappa=-1"], ["method.kappa=-1", "must be >= 0"]),
     (["method.gate=cosine"], ["method.gate='cosine'", "rational"]),
     (["method=lora", "method.rank=1000"], ["method.rank=1000 is larger than layer"]),
-    (["method=peft", "method.peft_type=NOPE"], ["method.peft_type='NOPE' is not a PEFT adapter type", "LORA, MISS, OFT"]),
-    (["method=dora", "+method.config.use_dorra=true"], ["method.config.use_dorra: not an option of PEFT's LoraConfig",
-                                                        "use_dora"]),
     (["method=oft", "method.config.target_modules=[no_such_layer]"], ["PEFT could not build the OFT adapter",
                                                                       "no_such_layer"]),
     (["method=full", "model.dtype=bf16", "train.precision=bf16", "eval.precision=bf16"],
      ["method=full trains every weight", "fp32 master weights", "model.dtype=fp32"]),
     (["method=full", "model.dtype=bf16", "train.precision=fp32"], ["method=full trains every weight"]),
 ], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "steps-negative", "missing-data-file", "nan-loss",
-        "kappa-negative", "unknown-gate", "lora-rank-too-large", "peft-unknown-type", "peft-unknown-option",
-        "peft-no-such-layer", "full-bf16-weights", "full-bf16-weights-fp32-training"])
+        "kappa-negative", "unknown-gate", "lora-rank-too-large", "peft-no-such-layer", "full-bf16-weights",
+        "full-bf16-weights-fp32-training"])
 def test_user_errors(tmp_path, overrides, phrases):
     run_dir = tmp_path / "run"
     assert_clean_failure(run_dir, run_folora(run_dir, *TINY, *overrides), *phrases)
