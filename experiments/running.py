@@ -34,7 +34,8 @@ def run_queue(commands: dict[Cell, list[str]], jobs: int) -> dict[str, float]:
     methods and variants: a core is idle only while the grid's last cells finish, not at the end of every method's
     sweep (a sweep of 3 cells on 2 lanes leaves one lane idle for a third of its time). A failed cell is reported
     and the others go on. Returns each cell's wall seconds. Stopped (Ctrl-C, SIGTERM, SIGHUP), it starts no further
-    cell and stops the ones it started: `stop_processes`."""
+    cell and stops the ones it started: `stop_processes`. A cell that ends by such a signal closes the queue too, so
+    a lane never starts the next cell in the moment before the queue's own handler runs."""
     parallel_jobs(jobs)   # refuses a count below one
     queue = _Queue(len(commands))
     # signal handlers run in the main thread, which waits below: SIGTERM and SIGHUP end that wait as Ctrl-C does
@@ -80,6 +81,10 @@ class _Queue:
             self._running.discard(process)
             if not self._closed:   # a cell stopped with the queue is not reported, as it did not end by itself
                 self._report(cell, code, round(time.perf_counter() - start, 1))
+            if code in STOPPED_BY_SIGNAL:
+                # A signal to the process group reaches the cells at once, but the queue's own handler runs only when
+                # the main thread next gets the interpreter: close now, or this lane would start the next cell first.
+                self._closed = True
 
     def _report(self, cell: Cell, code: int, seconds: float) -> None:
         self.seconds[cell_name(cell)] = seconds
@@ -91,6 +96,11 @@ class _Queue:
         with self._lock:
             self._closed = True
             return list(self._running)
+
+
+# How a cell ends when a stop signal (Ctrl-C, SIGTERM, SIGHUP) reached it: killed by it, or exiting as a run does
+# after checkpointing on it (128 + signal number).
+STOPPED_BY_SIGNAL = {code for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) for code in (-signum, 128 + signum)}
 
 
 def _raise_exit(signum, frame):
