@@ -20,20 +20,10 @@ import statistics
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from folora.fo_lora import method as folora_method
 from folora.fo_lora.gated_adam import gate
-from folora.fo_lora.spectral import solve, trace_normalize
-from folora.methods.base import MethodContext
-from folora.methods.build import build_method
-from folora.methods.options import check_method_options
-from folora.models import cache_dir, load_model
-from folora.tasks.data import load_task
-from folora.training import precision
-from folora.training.device import pick_device
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from folora.fo_lora.spectral import trace_normalize
+from scripts.folora_calibration import run_calibration
 
 
 def group_figures(c_p: torch.Tensor, basis, cfg) -> dict:
@@ -52,29 +42,12 @@ def group_figures(c_p: torch.Tensor, basis, cfg) -> dict:
 
 def calibrate(overrides: list[str]) -> dict:
     """Run FoLoRA's calibration under these overrides; return the proxy's stats and every group's figures."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=folora", *overrides])
-    check_method_options(cfg.method)
-    method = build_method(cfg.method)
-    device = pick_device(cfg.device)
-    loaded = load_model(cfg.model)
-    task = load_task(cfg.task, loaded.tokenizer)
     groups: dict[str, dict] = {}
 
-    def solve_and_record(c_t, c_p, **options):
-        basis = solve(c_t, c_p, **options)
+    def record(cfg, c_t, c_p, options, basis):
         groups[f"group{len(groups)}"] = group_figures(c_p, basis, cfg.method)
-        return basis
 
-    original = folora_method.solve
-    folora_method.solve = solve_and_record   # the calibration solves through this module's name
-    try:
-        context = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=int(cfg.seed),
-                                device=device, cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint,
-                                precision=precision.resolve(cfg.eval.precision, device))
-        method.prepare(loaded.model.to(device), context)
-    finally:
-        folora_method.solve = original
+    _, method = run_calibration(overrides, record)
     names = list(method.bases)   # the groups in the order they were solved
     groups = dict(zip(names, groups.values(), strict=True))
     proxy = method.calibration_stats["proxy"]

@@ -16,20 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from folora.fo_lora import method as folora_method
 from folora.fo_lora.gated_adam import gate
 from folora.fo_lora.spectral import solve
-from folora.methods.base import MethodContext
-from folora.methods.build import build_method
-from folora.methods.options import check_method_options
-from folora.models import cache_dir, load_model
-from folora.tasks.data import load_task
-from folora.training import precision
-from folora.training.device import pick_device
+from scripts.folora_calibration import run_calibration
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GATE_TOLERANCE = 1e-4
 
 
@@ -55,26 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny-random")
     parser.add_argument("--out", type=Path, help="write the per-group figures here as JSON")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["method=folora", *args.overrides])
-    check_method_options(cfg.method)
-    method = build_method(cfg.method)
-    device = pick_device(cfg.device)
-    loaded = load_model(cfg.model)
-    task = load_task(cfg.task, loaded.tokenizer)
     groups: dict[str, dict] = {}
 
-    def solve_both(c_t, c_p, damping=1e-4, top_k=None, **_):
+    def compare_both(cfg, c_t, c_p, options, basis):
         key = f"group{len(groups)}"
-        groups[key] = compare(c_t, c_p, damping, top_k, cfg.method)
+        groups[key] = compare(c_t, c_p, options.get("damping", 1e-4), options.get("top_k"), cfg.method)
         print(key, json.dumps(groups[key]), flush=True)
-        return solve(c_t, c_p, damping=damping, top_k=top_k)
 
-    folora_method.solve = solve_both   # the calibration solves through this module's name
-    context = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=int(cfg.seed), device=device,
-                            cache_dir=cache_dir(), model_fingerprint=loaded.fingerprint,
-                            precision=precision.resolve(cfg.eval.precision, device))
-    method.prepare(loaded.model.to(device), context)
+    run_calibration(args.overrides, compare_both)
     worst = max(groups.values(), key=lambda g: g["gate_max_diff"])
     summary = {"groups": len(groups), "gate_max_diff": worst["gate_max_diff"],
                "groups_needing_float64": sum(g["gate_max_diff"] > GATE_TOLERANCE for g in groups.values()),
