@@ -38,7 +38,7 @@ def compare(c_t: torch.Tensor, c_p: torch.Tensor, damping: float, top_k: int | N
             "lambda_max_rel_diff": float(((fast.lam - exact.lam).abs() / exact.lam)[above].max()),
             "operator_rel_diff": float(torch.linalg.norm(operator["float32"] - operator["float64"])
                                        / torch.linalg.norm(operator["float64"])),
-            "damping": [exact.damping, fast.damping], "seconds": {k: round(v, 3) for k, v in timings.items()}}
+            "damping": [exact.damping, fast.damping], "seconds": {k: round(v, 6) for k, v in timings.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                "groups_needing_float64": sum(g["gate_max_diff"] > GATE_TOLERANCE for g in groups.values()),
                "lambda_max_rel_diff": max(g["lambda_max_rel_diff"] for g in groups.values()),
                "operator_rel_diff_max": max(g["operator_rel_diff"] for g in groups.values()),
-               "seconds": {name: round(sum(g["seconds"][name] for g in groups.values()), 2)
+               "seconds": {name: round(sum(g["seconds"][name] for g in groups.values()), 4)
                            for name in ("float64", "float32")}}
     print(json.dumps(summary, indent=1))
     if args.out:
