@@ -342,3 +342,28 @@ def test_rescore_restores_a_records_paired_part_from_its_outcomes_and_says_so(ti
     assert fixed["forgetting"] == original["forgetting"] and fixed["kl_to_base"] == original["kl_to_base"]
     assert fixed["metrics"] == original["metrics"] and fixed["rescored"][0]["why"] == "a newer bootstrap"
     assert rescore([run], why="again", check=True)["unchanged"] == [str(run / "results.json")]
+
+
+def test_auditing_a_runs_adapter_gives_that_runs_own_final_scores(tiny_run, tmp_path):
+    """`python -m folora.audit` on the adapter a run exported (a FoLoRA adapter is a plain PEFT LoRA) measures what the
+    run's own final evaluation measured: every score, per-document outcome, headline, KL and validation loss."""
+    import subprocess
+    import sys
+
+    from folora.evals import outcomes
+    from tests.conftest import REPO
+
+    run_dir, _ = tiny_run
+    run, out = read_results(run_dir), tmp_path / "audit"
+    suite = [o for o in TINY if o.startswith("eval.") or o.startswith("task.") or o.startswith("model=")]
+    command = [sys.executable, "-m", "folora.audit", f"hydra.run.dir={out}", f"tuned={run_dir / 'adapter'}",
+               "task=math", "val_examples=4", "logger=none", *suite]
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    audit = read_results(out)
+    assert audit["kind"] == "audit" and audit["tuned"]["kind"] == "adapter"
+    assert {i: m["final"] for i, m in audit["metrics"].items()} == {i: m["final"] for i, m in run["metrics"].items()}
+    assert outcomes.load(out / "outcomes.json.gz") == outcomes.load(run_dir / "outcomes.json.gz")
+    for name in ("target_gain", "forgetting", "preservation", "kl_to_base"):
+        assert audit[name] == run[name], name
+    assert audit["validation_loss"]["tuned"] == run["train"]["validation_loss"]

@@ -126,6 +126,24 @@ def validate_config(cfg: DictConfig) -> None:
     check_method_options(cfg.method)
 
 
+AUDIT_RULES: tuple[Rule, ...] = (
+    Rule("val_examples", int, non_negative, "an integer >= 0 (task validation examples; 0 skips the validation loss)",
+         "val_examples=16"),
+)
+
+
+def validate_audit_config(cfg: DictConfig) -> None:
+    """The checks of `validate_config` for an audit's config (conf/audit.yaml): no method and no training; the task
+    is optional."""
+    for rule in RULES + AUDIT_RULES:
+        check_rule(cfg, rule)
+    check_model(cfg.model)
+    check_eval_items(cfg.eval)
+    if cfg.get("task") is not None:
+        check_task(cfg.task)
+        check_roles(cfg.task, cfg.eval)
+
+
 def check_rule(cfg: DictConfig, rule: Rule) -> None:
     value = OmegaConf.select(cfg, rule.key, default=ABSENT)
     if value is ABSENT:

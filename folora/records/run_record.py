@@ -54,11 +54,13 @@ def host_info() -> dict:
 
 
 class RunRecord:
-    """The run's results.json. Status goes running -> completed, or running -> failed with the error."""
+    """The run's results.json. Status goes running -> completed, or running -> failed with the error. `kind`: `run`
+    (a method trained and evaluated) or `audit` (a fine-tune made elsewhere, evaluated: `python -m folora.audit`)."""
 
-    def __init__(self, path: Path, config: dict, repo: Path):
+    def __init__(self, path: Path, config: dict, repo: Path, kind: str = "run"):
         self.path = path
-        self.data = {"schema_version": SCHEMA_VERSION, "numerics": NUMERICS, "status": "running", "config": config,
+        self.data = {"schema_version": SCHEMA_VERSION, "numerics": NUMERICS, "kind": kind, "status": "running",
+                     "config": config,
                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
                      "git": git_state(repo), "host": host_info()}
         self.write()
