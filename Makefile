@@ -7,7 +7,7 @@ ARGS   ?=
 TABLE  ?= smoke
 LAUNCHER ?= basic
 
-.PHONY: run test lint install clean-cache bench reproduce-table dashboard
+.PHONY: run audit test lint install clean-cache bench reproduce-table dashboard
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml
 # The main job on the embedded default: SmolLM2-135M, math task, eval suite `embedded`.
 run: $(STAMP)
 	$(PY) -m folora.run $(ARGS)
+
+# Did a fine-tune forget? TUNED: a PEFT adapter or model folder, or several as "[a,b,c]" (docs/audit.md).
+TUNED ?=
+audit: $(STAMP)
+	@test -n "$(TUNED)" || { echo 'make audit: set TUNED=<adapter or model folder> (several: TUNED="[a,b]")' >&2; exit 2; }
+	$(PY) -m folora.audit 'tuned=$(TUNED)' $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, read_results, tiny_architecture
+from tests.wandb_offline import read_run
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +91,7 @@ def test_a_plain_peft_adapter_and_a_model_folder_are_audited_and_ranked(base_fol
     adapter = plain_peft_adapter(base_folder, tmp_path / "plain-lora")
     full = perturbed_model_folder(base_folder, tmp_path / "full-ft")
     out = tmp_path / "audit"
-    process = run_audit(out, *base_model(base_folder), f"tuned=[{adapter},{full}]", *TASK, *EVAL)
+    process = run_audit(out, *base_model(base_folder), f"tuned=[{adapter},{full}]", *TASK, *EVAL, "logger=wandb")
     assert process.returncode == 0, process.stderr[-3000:]
     assert process.stdout.count("base scores computed and cached") + process.stdout.count("base scores from cache") == 1
     for name, kind in (("plain-lora", "adapter"), ("full-ft", "model")):
@@ -104,6 +105,10 @@ def test_a_plain_peft_adapter_and_a_model_folder_are_audited_and_ranked(base_fol
         assert record["validation_loss"]["base"] > 0 and record["validation_loss"]["tuned"] > 0
         assert record["data"]["model"]["name"] == "tiny-qwen2"
         assert (out / name / "outcomes.json.gz").is_file() and (out / name / "config.yaml").is_file()
+        (offline,) = (out / name / "wandb").glob("offline-run-*")      # one W&B run per audit, its summary the record's
+        (logged,) = offline.glob("*.wandb")
+        summary = read_run(logged)["summary"]
+        assert summary["status"] == "completed" and summary["forgetting"] == record["forgetting"]["value"]
     ranking = json.loads((out / "ranking.json").read_text())
     forgetting = [row["headline"]["forgetting"]["value"] for row in ranking["ranked"]]
     assert forgetting == sorted(forgetting) and len(ranking["pairs"]) == 1
