@@ -63,11 +63,12 @@ def record_row(data: dict, run: str) -> dict:
     """One row from a results.json record. A failed run has no `method` section: its knob comes from the config."""
     config = data.get("config", {})
     method = data.get("method") or {}
-    knob = method.get("knob") or config.get("method", {}).get("knob")
+    knob = method.get("knob") or (config.get("method") or {}).get("knob")
     knob_value = method["knob_value"] if "knob_value" in method else _select(config, knob)
-    out = {"run": run, "status": data.get("status"), "error": (data.get("error") or {}).get("message"),
-           "model": config.get("model", {}).get("name"), "task": config.get("task", {}).get("name"),
-           "method": config.get("method", {}).get("name"), "knob": knob, "knob_value": knob_value,
+    out = {"run": run, "kind": data.get("kind", "run"), "status": data.get("status"),
+           "error": (data.get("error") or {}).get("message"),
+           "model": (config.get("model") or {}).get("name"), "task": (config.get("task") or {}).get("name"),
+           "method": (config.get("method") or {}).get("name"), "knob": knob, "knob_value": knob_value,
            "seed": config.get("seed"), "variant": config.get("variant"), "numerics": data.get("numerics", 1),
            "lr": _select(config, "train.lr")}   # each method's own default where its YAML sets one (method.lr)
     preservation = data.get("preservation") or {}

@@ -39,6 +39,9 @@ from folora.training.rng import seed_everything
 
 def tuned_sources(cfg: DictConfig) -> list[str]:
     """`tuned=<folder>` or `tuned=[a,b,c]` as a list of strings."""
+    if OmegaConf.is_missing(cfg, "tuned"):
+        raise FoloraError("tuned= is required: the folder of a PEFT adapter or of a fine-tuned model, or several as "
+                          "tuned=[a,b,c] (e.g. python -m folora.audit tuned=outputs/my-lora).")
     value = cfg.get("tuned")
     listed = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else [value]
     if not listed or any(not isinstance(v, str) or not v for v in listed):
