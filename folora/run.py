@@ -32,6 +32,11 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        run_dir = join_ranks(cfg, run_dir)
+    except FoloraError as error:
+        print(f"\nfolora: error: {error}", file=sys.stderr)
+        sys.exit(2)
     if cfg.get("skip_completed") and completed(run_dir):
         print(f"[folora] {run_dir} already holds a completed results.json; skipped (skip_completed=true)", flush=True)
         return
@@ -52,6 +57,39 @@ def main(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # an exception, not an exit: Hydra marks this job failed and the sweep's other jobs still run
         sys.exit(2)
+    except RuntimeError as error:   # torch.distributed's errors: a rank that died or hung takes the run down
+        from folora.training import distributed
+
+        if not distributed.current().distributed:
+            raise
+        print(f"\nfolora: error: rank {distributed.current().rank} of this {distributed.current().size}-rank run "
+              f"lost the others ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); "
+              f"another rank failed or was killed: its log says why. The same command resumes from the last "
+              f"checkpoint.\n(run folder: {run_dir})", file=sys.stderr)
+        sys.exit(1)
+
+
+def join_ranks(cfg: DictConfig, run_dir: Path) -> Path:
+    """Under torchrun or Slurm with several tasks: join the process group, check that every rank has the same
+    config, and use rank 0's run folder on every rank (Hydra names one per process from the clock); the folder a
+    rank's Hydra made for itself is removed when it holds only Hydra's files. One process: `run_dir` as it is."""
+    from omegaconf import OmegaConf
+
+    from folora.training import distributed
+
+    world = distributed.setup(float(cfg.get("distributed_timeout_min", 180)))
+    if not world.distributed:
+        return run_dir
+    distributed.check_same_config(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("reuse_from"):
+        raise FoloraError("reuse_from adopts a completed run on one process; a distributed run computes its cell: "
+                          "set reuse_from=[], or adopt on one process.")
+    shared = Path(distributed.broadcast_object(str(run_dir)))
+    if shared != run_dir and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return shared
 
 
 def overridden(hydra_cfg) -> set[str]:

@@ -17,6 +17,7 @@ from folora.methods.base import Method, MethodContext
 from folora.models import cache_dir
 from folora.records.identity import Identity, code_part, identity
 from folora.records.io import cache_lock, write_json_atomic
+from folora.training import distributed
 
 # The code that scores an item: the suite, its per-document outcomes, the shipped lm-eval tasks and their helpers
 # (code checks, instruction checks), and the model loader that produces the weights being scored.
@@ -77,7 +78,22 @@ def prepare_calibrated(method: Method, model: torch.nn.Module, ctx: MethodContex
                        ) -> tuple[torch.nn.Module, dict | None]:
     """`method.prepare(model, ctx)` with its calibration taken from, or written to, the shared cache (and the run's
     checkpoint): (the prepared model, the cache summary for results.json, None where the cache is not used). A
-    resumed run's `ctx.calibration` (from its checkpoint) is used as it is."""
+    resumed run's `ctx.calibration` (from its checkpoint) is used as it is. On several ranks rank 0 calibrates (or
+    reads the cache) and broadcasts the calibration; the other ranks prepare from it, as a resumed run does."""
+    world = distributed.current()
+    if not world.distributed or ctx.calibration is not None:
+        return _prepare_calibrated(method, model, ctx, checkpoints, use_cache=use_cache)
+    prepared, summary = _prepare_calibrated(method, model, ctx, checkpoints, use_cache=use_cache) if world.main \
+        else (None, None)
+    state = distributed.broadcast_object(method.calibration_state() if world.main else None)
+    if world.main:
+        return prepared, summary
+    ctx.calibration = state
+    return method.prepare(model, ctx).to(ctx.device), None
+
+
+def _prepare_calibrated(method: Method, model: torch.nn.Module, ctx: MethodContext, checkpoints, *, use_cache: bool
+                        ) -> tuple[torch.nn.Module, dict | None]:
     resumed = ctx.calibration is not None
     shared = shared_calibration(method, model, ctx, ctx.model_fingerprint) if not resumed and use_cache else None
     if shared is not None and shared.state is not None:

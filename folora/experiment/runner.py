@@ -27,11 +27,11 @@ from folora.models import cache_dir, load_model
 from folora.records import report
 from folora.records.fields import eval_metrics, summary_metrics
 from folora.records.identity import REPO
-from folora.records.loggers import start_logger
+from folora.records.loggers import NullLogger, start_logger
 from folora.records.run_record import RunRecord
 from folora.records.timing import Phases
 from folora.tasks.data import load_task_data
-from folora.training import precision
+from folora.training import distributed, precision
 from folora.training.checkpoint import Checkpointer, checkpoint_identity
 from folora.training.device import apply_threads, pick_device, release_memory
 from folora.training.loop import train, validation_loss
@@ -40,26 +40,33 @@ from folora.training.signals import Interrupted
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment and return its completed record; on any error the record is marked failed."""
+    """Run one experiment and return its completed record; on any error the record is marked failed. On several
+    ranks (folora/training/distributed.py) every rank trains and rank 0 alone evaluates, records and writes; the
+    other ranks return an empty record."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    except OSError as error:
-        raise FoloraError(f"Could not write the run folder {run_dir}: {error.strerror or error}. Choose a writable "
-                          f"folder (hydra.run.dir=...) or free disk space.") from error
-    record = RunRecord(run_dir / "results.json", resolved, REPO)
-    logger = instantiate(cfg.logger)
+    world = distributed.current()
+    if world.main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        except OSError as error:
+            raise FoloraError(f"Could not write the run folder {run_dir}: {error.strerror or error}. Choose a "
+                              f"writable folder (hydra.run.dir=...) or free disk space.") from error
+    record = RunRecord(run_dir / "results.json", resolved, REPO, writer=world.main)
+    logger = instantiate(cfg.logger) if world.main else NullLogger()
     started = time.perf_counter()
     try:
         validate_config(cfg)
         apply_threads(cfg)
         record.data["host"]["threads"] = torch.get_num_threads()
+        record.data["host"]["world_size"] = world.size
         seed_everything(int(cfg.seed))
         checkpoints = Checkpointer(run_dir / "checkpoint", checkpoint_identity(cfg, REPO), int(cfg.train.checkpoint_every),
-                                   on_code_change=str(cfg.train.get("on_code_change", "refuse")))
+                                   on_code_change=str(cfg.train.get("on_code_change", "refuse")), writer=world.main)
         start_logger(logger, cfg, run_dir, resolved)
         outcome = _run(cfg, run_dir, record, logger, checkpoints)
+        if outcome is None:   # a rank other than 0: its part (training) is done
+            return {}
         record.update(**results_fields(cfg, outcome, wall_s=time.perf_counter() - started))
         record.complete()
         if not cfg.train.get("keep_checkpoint", False):
@@ -86,6 +93,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
     that was stopped) is checked first and continued from: its calibration and training state are restored."""
     device = pick_device(cfg.device)
     method = build_method(cfg.method)
+    main = check_distributed(cfg, method)
     eval_precision = precision.resolve(cfg.eval.precision, device)   # eval, calibration and drafts
     check_weight_dtype(cfg, device, eval_precision, method)
     resume, calibration = checkpoints.load_state(), checkpoints.load_calibration()
@@ -100,12 +108,14 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         task = load_task_data(cfg, loaded, model, device, eval_precision)
     record.update(data=provenance(cfg, loaded, task))
 
-    with phases("base eval"):
-        base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint, eval_precision)
-        print(f"[folora] base scores {'from cache' if cached else 'computed and cached'}", flush=True)
-    with phases("base reference for kl"):
-        trajectory = base_trajectory(cfg, model, tokenizer, task, device, eval_precision)
-        base_point = trajectory.base_point(model)   # before `prepare`: learning is measured from the base model
+    base = cached = trajectory = base_point = None   # rank 0's (the others only train)
+    if main:
+        with phases("base eval"):
+            base, cached = cached_base_eval(model, tokenizer, cfg.eval, loaded.fingerprint, eval_precision)
+            print(f"[folora] base scores {'from cache' if cached else 'computed and cached'}", flush=True)
+        with phases("base reference for kl"):
+            trajectory = base_trajectory(cfg, model, tokenizer, task, device, eval_precision)
+            base_point = trajectory.base_point(model)   # before `prepare`: learning is measured from the base model
     # Loading, converting, drafting and the base evaluation are cached, and the uncached ones draw from the global
     # generators (a converted model's initialization, lm-eval's own seeding): training starts from the seed, so a run
     # is the same whether they ran or not. Where all were cached nothing has drawn yet, and this changes nothing.
@@ -122,6 +132,8 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
+    if not main:
+        return None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     exported = run_dir / method.export_folder
     with phases("export adapter"):
@@ -137,6 +149,17 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
                    precision={"train": summary.precision, "eval": eval_precision},
                    summary=summary, trainable=trainable,
                    phases=phases, adapter=exported)
+
+
+def check_distributed(cfg: DictConfig, method) -> bool:
+    """On several ranks, refuse what cannot run distributed yet, before anything is loaded; whether this is rank 0."""
+    world = distributed.current()
+    if world.distributed:
+        blocker = method.distributed_blocker()
+        if blocker:
+            raise FoloraError(f"method={cfg.method.name} cannot run on {world.size} ranks yet: {blocker}.")
+        distributed.check_batch(int(cfg.train.batch_size), int(cfg.train.grad_accum))
+    return world.main
 
 
 def check_weight_dtype(cfg: DictConfig, device: torch.device, eval_precision: str, method) -> None:

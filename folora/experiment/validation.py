@@ -60,6 +60,7 @@ RULES: tuple[Rule, ...] = (
          "device=cpu"),
     Rule("threads", int | None, positive, "a positive integer or null (every core)", "threads=1"),
     Rule("skip_completed", bool, None, "true or false", "skip_completed=true"),
+    Rule("distributed_timeout_min", float, positive, "a positive number of minutes", "distributed_timeout_min=180"),
     Rule("calibration_cache", bool, None, "true or false", "calibration_cache=false"),
     Rule("reuse_from", list, lambda v: all(isinstance(p, str) and Path(p).is_dir() for p in v),
          "a list of existing folders", "reuse_from=[results]"),

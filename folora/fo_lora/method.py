@@ -255,6 +255,13 @@ class FoLoRA(PeftLoRAMethod):
         if self._refresher is not None and (step + 1) % self.refresh_every == 0:
             self._refresh_basis()
 
+    def distributed_blocker(self) -> str | None:
+        if self.refresh_every > 0:
+            return (f"method.refresh_every={self.refresh_every} refreshes the basis from an EMA of the task "
+                    f"activations each rank sees, which is not yet reduced across ranks; run distributed with "
+                    f"method.refresh_every=0 (the default), or on one process")
+        return None
+
     def step_metrics(self) -> dict:
         """Forgetting watched live: the proxy-penalty and utility estimates and the gate statistics."""
         return self._optimizer.statistics([self.scale] * len(self.pairs)) if self._optimizer else {}

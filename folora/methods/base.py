@@ -83,6 +83,11 @@ class Method:
     def regularizer(self, model: torch.nn.Module) -> torch.Tensor | None:
         return None
 
+    def distributed_blocker(self) -> str | None:
+        """Why this method, as configured, cannot run on several ranks yet (None: it can). A method whose training
+        reads statistics of the batches it sees (not only gradients, which DDP reduces) says so here."""
+        return None
+
     def on_step(self, step: int) -> None:
         """Called after every optimizer step (e.g. to refresh a basis)."""
 

@@ -57,8 +57,8 @@ class RunRecord:
     """The run's results.json. Status goes running -> completed, or running -> failed with the error. `kind`: `run`
     (a method trained and evaluated) or `audit` (a fine-tune made elsewhere, evaluated: `python -m folora.audit`)."""
 
-    def __init__(self, path: Path, config: dict, repo: Path, kind: str = "run"):
-        self.path = path
+    def __init__(self, path: Path, config: dict, repo: Path, kind: str = "run", writer: bool = True):
+        self.path, self.writer = path, writer   # writer false: a distributed run's other ranks keep it unwritten
         self.data = {"schema_version": SCHEMA_VERSION, "numerics": NUMERICS, "kind": kind, "status": "running",
                      "config": config,
                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions(),
@@ -86,6 +86,8 @@ class RunRecord:
                     interrupted={"message": message, "checkpoint_step": step})
 
     def write(self) -> None:
+        if not self.writer:
+            return
         try:
             write_json_atomic(self.path, self.data)
         except OSError as error:

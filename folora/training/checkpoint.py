@@ -61,6 +61,7 @@ class Checkpointer:
     identity: dict
     every: int = 0        # steps between checkpoints; 0: only when a stop signal arrives
     on_code_change: str = "refuse"   # a checkpoint of the same config written by other code: refuse | restart
+    writer: bool = True   # false on the ranks of a distributed run other than rank 0: they read, rank 0 writes
 
     @property
     def state_path(self) -> Path:
@@ -88,12 +89,16 @@ class Checkpointer:
         return self._load(self.calibration_path)
 
     def remove(self) -> None:
+        if not self.writer:
+            return
         for path in (self.state_path, self.calibration_path):
             path.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 
     def _save(self, path: Path, payload: dict, what: str) -> float:
+        if not self.writer:
+            return 0.0
         start = time.perf_counter()
         try:
             write_atomic(path, lambda handle: torch.save({"format": FORMAT, "identity": self.identity, **payload}, handle))

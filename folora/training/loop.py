@@ -8,6 +8,7 @@ the figures the bench reports are of the loop real runs execute."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from folora.errors import FoloraError
 from folora.methods.base import Method
 from folora.tasks.data import IGNORE_INDEX, collate
-from folora.training import precision
+from folora.training import distributed, precision
 from folora.training.checkpoint import Checkpointer
 from folora.training.rng import rng_state, set_rng_state
 from folora.training.signals import Interrupted, stop_requested, training_section
@@ -120,6 +121,7 @@ class Trainer:
     max_grad_norm: float
     device: torch.device
     precision: str = "fp32"     # resolved: fp32 or bf16 (autocast; parameters and optimizer state stay fp32)
+    unwrapped: torch.nn.Module | None = None   # `model` without its DDP wrapper (what the method's hooks see)
 
 
 @dataclass
@@ -136,27 +138,37 @@ def make_trainer(model: torch.nn.Module, method: Method, cfg: DictConfig, device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.optimizer(params, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * cfg.steps), cfg.steps))
-    return Trainer(model, method, optimizer, schedule, params, float(cfg.max_grad_norm), device,
-                   precision.resolve(cfg.get("precision", "fp32"), device))
+    return Trainer(distributed.wrap(model), method, optimizer, schedule, params, float(cfg.max_grad_norm), device,
+                   precision.resolve(cfg.get("precision", "fp32"), device), unwrapped=model)
 
 
 def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]], step: int) -> StepResult:
     """One optimizer step over `micro_batches` (gradient accumulation): loss, the method's regularizer, a NaN check,
     clipping, the optimizer and schedule steps and the method's `on_step`. The loss is normalized by the response
-    tokens of the whole step, so k accumulated micro-batches equal one batch k times larger."""
-    model, method = trainer.model, trainer.method
-    micro = [{k: v.to(trainer.device) for k, v in batch.items()} for batch in micro_batches]
-    n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+    tokens of the whole step, so k accumulated micro-batches equal one batch k times larger.
+
+    On several ranks each computes its shard of every global micro-batch (folora/training/distributed.py): its loss
+    sum over the global token count, times the world size, as DDP averages; the penalty, the same on every rank,
+    joins the last micro-batch's backward so that DDP's one reduction carries it."""
+    model, method, world = trainer.model, trainer.method, distributed.current()
+    n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+    micro = [{k: v.to(trainer.device) for k, v in distributed.shard(batch).items()} for batch in micro_batches]
     lr = trainer.schedule.get_last_lr()[0]
-    loss_value, tokens = 0.0, 0
-    for batch in micro:
-        with precision.autocast(trainer.precision, trainer.device):
-            loss = token_loss_sum(model, batch) / n_targets
-        loss.backward()
+    loss_value = 0.0
+    penalty = method.regularizer(trainer.unwrapped or model)
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1
+        with model.no_sync() if world.distributed and not last else contextlib.nullcontext():
+            with precision.autocast(trainer.precision, trainer.device):
+                loss = token_loss_sum(model, batch) / n_targets
+            if world.distributed:
+                (loss * world.size + (penalty if last and penalty is not None else 0.0)).backward()
+            else:
+                loss.backward()
         loss_value += loss.item()
-        tokens += int(batch["attention_mask"].sum())
-    penalty = method.regularizer(model)
-    if penalty is not None:
+    loss_value = distributed.all_sum(loss_value)
+    if penalty is not None and not world.distributed:
         penalty.backward()
     if not math.isfinite(loss_value) or (penalty is not None and not torch.isfinite(penalty)):
         raise FoloraError(f"The training loss became {loss_value} at step {step} (lr={lr:.2e}). Lower train.lr (now "
@@ -180,6 +192,7 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
     the run from that step exactly."""
     if len(examples) < cfg.batch_size:
         raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
+    distributed.check_batch(int(cfg.batch_size), int(cfg.grad_accum))
     trainer = make_trainer(model, method, cfg, device)
     stream = batches(examples, cfg.batch_size, pad_id, seed, group_by_length=bool(cfg.get("group_by_length", False)))
     summary = TrainSummary(steps=0, tokens=0, wall_s=0.0, precision=trainer.precision)
@@ -209,7 +222,7 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
                 summary.logs.append(record)
                 log(_train_metrics(record), step + 1)
             paused += measure(step + 1)
-            signum = stop_requested()   # read once: the checkpoint and the stop agree on it
+            signum = distributed.stop_signal(stop_requested())   # read once, agreed by every rank
             if checkpoints is not None and (signum is not None or checkpoints.due(step + 1, int(cfg.steps))):
                 summary.wall_s = time.perf_counter() - start - paused
                 seconds = checkpoints.save_state(training_state(trainer, summary, int(cfg.grad_accum)))

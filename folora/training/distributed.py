@@ -1,0 +1,176 @@
+"""One run on several processes: data parallelism through torch.distributed (`torchrun --nproc_per_node=N -m
+folora.run ...`, or N Slurm tasks through `srun` or the submitit launcher), proven equal to the run on one.
+
+How a run on N ranks stays the run on one (docs/distributed.md):
+
+- Every rank builds the same global batch stream (the same seed); each takes the rows `[r·b/N, (r+1)·b/N)` of every
+  micro-batch (`shard`). The loss is each rank's response-token loss sum over the *global* batch's token count,
+  times N: DDP averages gradients, so their mean is the one-process gradient. The logged loss is summed across
+  ranks (`all_sum`). Clipping, the optimizer and the schedule then see the same gradient on every rank.
+- Calibration is computed once, on rank 0, and its state broadcast (`broadcast_object`): the others prepare from it
+  as a resumed run prepares from its checkpoint. DDP broadcasts rank 0's parameters when it wraps the model.
+- Evaluation, records, checkpoints, exports and the logger are rank 0's; the other ranks train and read the
+  checkpoint when resuming. A stop signal on any rank stops every rank at the same step (`stop_signal`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from folora.errors import FoloraError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+_WORLD = World()
+
+
+def current() -> World:
+    return _WORLD
+
+
+def from_environment(env: dict | None = None) -> World:
+    """The world torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) set."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if int(env.get("SLURM_NTASKS", 1)) > 1 and "SLURM_PROCID" in env:
+        return World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return World()
+
+
+def setup(timeout_min: float = 180.0) -> World:
+    """Join the process group the environment describes (gloo on CPU, NCCL on GPUs); a no-op for one process.
+    `timeout_min` bounds how long a rank waits for the others (rank 0 evaluates alone while they wait)."""
+    global _WORLD
+    world = from_environment()
+    if not world.distributed or dist.is_initialized():
+        _WORLD = world
+        return world
+    if "MASTER_ADDR" not in os.environ:   # srun without torchrun: the first node of the allocation
+        os.environ["MASTER_ADDR"] = _first_slurm_host()
+        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", 0)) % 1000))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank, world_size=world.size,
+                            timeout=datetime.timedelta(minutes=timeout_min))
+    _WORLD = world
+    return world
+
+
+def _first_slurm_host() -> str:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodes:
+        raise FoloraError("A distributed run under Slurm needs MASTER_ADDR or SLURM_JOB_NODELIST; launch it with "
+                          "srun inside an allocation, or with torchrun.")
+    import subprocess
+
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()
+    return hosts[0] if hosts else nodes.split(",")[0]
+
+
+def teardown() -> None:
+    global _WORLD
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _WORLD = World()
+
+
+def shard(batch: dict[str, torch.Tensor], world: World | None = None) -> dict[str, torch.Tensor]:
+    """This rank's rows of a global batch (the batch itself on one process)."""
+    world = world or current()
+    if not world.distributed:
+        return batch
+    rows = next(iter(batch.values())).shape[0]
+    per = rows // world.size
+    return {k: v[world.rank * per:(world.rank + 1) * per] for k, v in batch.items()}
+
+
+def check_batch(batch_size: int, grad_accum: int, world: World | None = None) -> None:
+    world = world or current()
+    if world.distributed and batch_size % world.size:
+        raise FoloraError(f"train.batch_size={batch_size} is the global batch, split evenly across the {world.size} "
+                          f"ranks, and {world.size} does not divide it: use a multiple of {world.size} (e.g. "
+                          f"train.batch_size={world.size * max(1, round(batch_size / world.size))}), or run on a "
+                          f"number of ranks that divides {batch_size}.")
+
+
+def all_sum(value: float) -> float:
+    """The sum over ranks of a float (itself on one process), in float64."""
+    if not current().distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=_device())
+    dist.all_reduce(tensor)
+    return float(tensor)
+
+
+def stop_signal(signum: int | None) -> int | None:
+    """The stop signal any rank received (the same on every rank), so all ranks stop after the same step."""
+    if not current().distributed:
+        return signum
+    tensor = torch.tensor([signum or 0], dtype=torch.int64, device=_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor) or None
+
+
+def broadcast_object(value, src: int = 0):
+    """Rank `src`'s `value` on every rank (pickled)."""
+    if not current().distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src, device=_device())
+    return box[0]
+
+
+def barrier() -> None:
+    if current().distributed:
+        dist.barrier()
+
+
+def check_same_config(resolved: dict) -> None:
+    """Stop on every rank when the ranks were started with different configs (a run is one config)."""
+    if not current().distributed:
+        return
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+    digests = [None] * current().size
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) > 1:
+        differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+        raise FoloraError(f"The ranks of this distributed run were started with different configs (ranks {differ} "
+                          f"differ from rank 0): start every rank with the same command and overrides.")
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in DDP on more than one rank (its parameters broadcast from rank 0), else the model itself."""
+    if not current().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [current().local_rank] if torch.cuda.is_available() else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", current().local_rank) if torch.cuda.is_available() and dist.get_backend() == "nccl" \
+        else torch.device("cpu")
