@@ -49,7 +49,7 @@ bench: $(STAMP)
 	$(PY) -m folora.bench $(ARGS)
 
 # Run an experiment's grid (experiments/$(TABLE).yaml) as Hydra multiruns, skipping completed runs, then render
-# tables and plots under results/$(TABLE)/. LAUNCHER: basic | joblib (one sweep's runs in parallel) | slurm (submitit);
+# tables and plots under results/$(TABLE)/. LAUNCHER: basic | joblib (one sweep's runs in parallel) | slurm (submitit) | slurm-multigpu (each run on several GPUs: docs/distributed.md);
 # JOBS=2: two runs at a time on this machine, each with half the CPU threads, from one queue of the grid's cells.
 JOBS ?=
 reproduce-table: $(STAMP)

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 from experiments.grid import Cell, ExperimentError, cells, fixed_overrides, resolve_variants
 from folora.records.identity import EXECUTION_KEYS
 
-LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib"], "slurm": ["hydra/launcher=slurm"]}
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib"], "slurm": ["hydra/launcher=slurm"],
+             "slurm-multigpu": ["hydra/launcher=slurm_multigpu"]}   # one run on several GPUs (docs/distributed.md)
 
 
 def sweep_commands(spec: DictConfig, runs: Path, launcher: str, launch: list[str] = (),

@@ -168,3 +168,32 @@ def test_the_world_comes_from_torchrun_or_slurm():
     assert shard(batch, World(1, 2)).keys() == batch.keys()
     assert shard(batch, World(1, 2))["input_ids"].tolist() == [[4, 5], [6, 7]]
     assert shard(batch, World())["input_ids"] is batch["input_ids"]
+
+
+def test_the_multi_gpu_slurm_launcher_composes_one_task_per_gpu():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm_multigpu", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 8 and launcher.nodes == 2
+    assert "submitit" in launcher._target_.lower()
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_nccl_train_as_one_process(tmp_path):
+    """The same equality on GPUs: NCCL, two ranks, one GPU each (run where two GPUs are present)."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    run = [*RUN, "device=cuda"]
+    two = subprocess.run(torchrun("-m", "folora.run", f"hydra.run.dir={tmp_path / 'two'}", *run), cwd=REPO,
+                         capture_output=True, text=True, timeout=1800)
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = run_folora(tmp_path / "one", *run)
+    assert one.returncode == 0, one.stderr[-4000:]
+    two, one = read_results(tmp_path / "two"), read_results(tmp_path / "one")
+    assert two["train"]["loss_curve"] == pytest.approx(one["train"]["loss_curve"], rel=1e-3)
+    assert _discrete(two) == _discrete(one)
