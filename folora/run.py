@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> None:
 def join_ranks(cfg: DictConfig, run_dir: Path) -> Path:
     """Under torchrun or Slurm with several tasks: join the process group, check that every rank has the same
     config, and use rank 0's run folder on every rank (Hydra names one per process from the clock); the folder a
-    rank's Hydra made for itself is removed when it holds only Hydra's files. One process: `run_dir` as it is."""
+    rank's Hydra made for itself is removed when it holds only Hydra's files (.hydra/ and its log). One process: `run_dir` as it is."""
     from omegaconf import OmegaConf
 
     from folora.training import distributed
@@ -85,7 +85,7 @@ def join_ranks(cfg: DictConfig, run_dir: Path) -> Path:
         raise FoloraError("reuse_from adopts a completed run on one process; a distributed run computes its cell: "
                           "set reuse_from=[], or adopt on one process.")
     shared = Path(distributed.broadcast_object(str(run_dir)))
-    if shared != run_dir and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra"}:
+    if shared != run_dir and run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
