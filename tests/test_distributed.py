@@ -76,19 +76,6 @@ def two_ranks(tmp_path_factory):
     return read_results(run_dir)
 
 
-def test_a_two_rank_run_is_the_one_process_run(two_ranks, tmp_path):
-    one = run_folora(tmp_path, *RUN, env={"OMP_NUM_THREADS": "1"})
-    assert one.returncode == 0, one.stderr[-3000:]
-    one = read_results(tmp_path)
-    assert two_ranks["status"] == "completed" and two_ranks["host"]["world_size"] == 2
-    assert two_ranks["train"]["tokens"] == one["train"]["tokens"]
-    assert two_ranks["train"]["loss_curve"] == pytest.approx(one["train"]["loss_curve"], rel=1e-4)
-    assert _discrete(two_ranks) == _discrete(one)
-    for item in ("prose_bpb", "code_bpb"):
-        assert two_ranks["metrics"][item]["final"]["value"] == pytest.approx(one["metrics"][item]["final"]["value"],
-                                                                             rel=1e-4)
-
-
 def _workers(launcher: subprocess.Popen) -> dict[int, int]:
     """{local rank: pid} of torchrun's worker processes."""
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
