@@ -38,6 +38,36 @@ def run_folora(run_dir: Path, *overrides: str, env: dict | None = None, timeout:
                           env={**os.environ, **(env or {})})
 
 
+def run_folora_here(run_dir: Path, *overrides: str, capsys) -> subprocess.CompletedProcess:
+    """`python -m folora.run` called in this process: the same entry point (`folora.run.main`, Hydra included) without
+    a new interpreter's imports, for the many short runs that stop on bad input. Returns what `run_folora` returns;
+    the stop-signal handlers the entry point installs are put back afterwards."""
+    import signal
+    from unittest import mock
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    import folora.run
+    from folora.training.signals import STOP_SIGNALS
+
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    GlobalHydra.instance().clear()
+    capsys.readouterr()
+    code = 0
+    argv = ["folora.run", "--config-path", str(CONF), f"hydra.run.dir={run_dir}", *overrides]
+    with mock.patch.object(sys, "argv", argv):
+        try:
+            folora.run.main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["folora.run", *overrides], code, captured.out, captured.err)
+
+
 def read_results(run_dir: Path) -> dict | None:
     path = run_dir / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -1,9 +1,11 @@
 """Bad input stops with one clear message, a non-zero exit, and no results.json that claims completion: the entry
-point exits 2, the record says `failed` with the FoloraError's message, and stderr ends with that message alone."""
+point exits 2, the record says `failed` with the FoloraError's message, and stderr ends with that message alone.
+Most cases call the entry point in this process (`run_folora_here`: the same `folora.run.main`, without a new
+interpreter's imports); the ones whose environment or logging must be a fresh process's run it in a subprocess."""
 
 import pytest
 
-from tests.conftest import TINY, read_results, run_folora
+from tests.conftest import TINY, read_results, run_folora, run_folora_here
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +45,9 @@ def assert_clean_failure(run_dir, process, *phrases) -> dict:
 ], ids=["rank-zero", "rank-too-large", "lr-zero", "steps-zero", "steps-negative", "missing-data-file", "nan-loss",
         "kappa-negative", "unknown-gate", "lora-rank-too-large", "peft-no-such-layer", "full-bf16-weights",
         "full-bf16-weights-fp32-training"])
-def test_user_errors(tmp_path, overrides, phrases):
+def test_user_errors(tmp_path, overrides, phrases, capsys):
     run_dir = tmp_path / "run"
-    assert_clean_failure(run_dir, run_folora(run_dir, *TINY, *overrides), *phrases)
+    assert_clean_failure(run_dir, run_folora_here(run_dir, *TINY, *overrides, capsys=capsys), *phrases)
 
 
 def test_malformed_data_file(tmp_path):
@@ -67,9 +69,9 @@ def test_model_not_available_offline(tmp_path):
     (["task=no-such-task"], "Could not find 'task/no-such-task'"),
     (["train.no_such_option=1"], "Could not override 'train.no_such_option'"),
 ])
-def test_unknown_config_options(tmp_path, overrides, phrase):
+def test_unknown_config_options(tmp_path, overrides, phrase, capsys):
     """A config that does not compose is Hydra's error (exit 1, its message): the run never starts, so no record."""
-    process = run_folora(tmp_path / "run", *TINY, *overrides)
+    process = run_folora_here(tmp_path / "run", *TINY, *overrides, capsys=capsys)
     assert process.returncode == 1, process.stderr[-2000:]
     assert phrase in process.stderr, process.stderr[-2000:]
     assert read_results(tmp_path / "run") is None
