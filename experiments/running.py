@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from experiments.commands import parallel_jobs
 from experiments.grid import REPO, Cell
@@ -38,20 +38,32 @@ def run_queue(commands: dict[Cell, list[str]], jobs: int) -> dict[str, float]:
     a lane never starts the next cell in the moment before the queue's own handler runs."""
     parallel_jobs(jobs)   # refuses a count below one
     queue = _Queue(len(commands))
-    # signal handlers run in the main thread, which waits below: SIGTERM and SIGHUP end that wait as Ctrl-C does
-    previous = {signum: signal.signal(signum, _raise_exit) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    # The main thread only polls the cells, and a signal (Ctrl-C, SIGTERM, SIGHUP) sets `stopped` rather than raising
+    # wherever the main thread happens to be: an exception raised inside a future's condition wait can leave its lock
+    # held, and the queue then never finishes shutting down.
+    stopped: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: stopped.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell")
     try:
         # the pool's work queue is first in, first out: cells start in the order given
-        for future in [pool.submit(queue.run, cell, command) for cell, command in commands.items()]:
-            future.result()   # raises what a worker raised (a command that could not start)
+        pending = [pool.submit(queue.run, cell, command) for cell, command in commands.items()]
+        while pending and not stopped:
+            done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.remove(future)
+                future.result()   # raises what a worker raised (a command that could not start)
     finally:
+        for signum, handler in previous.items():   # a second Ctrl-C now interrupts `stop_processes`
+            signal.signal(signum, handler)
         try:
             stop_processes(queue.close())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    if stopped:   # exit as the signal says: Ctrl-C as KeyboardInterrupt, the others as 128 + signal
+        if stopped[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + stopped[0])
     return queue.seconds
 
 
@@ -101,10 +113,6 @@ class _Queue:
 # How a cell ends when a stop signal (Ctrl-C, SIGTERM, SIGHUP) reached it: killed by it, or exiting as a run does
 # after checkpointing on it (128 + signal number).
 STOPPED_BY_SIGNAL = {code for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) for code in (-signum, 128 + signum)}
-
-
-def _raise_exit(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def stop_processes(processes: list[subprocess.Popen], grace_s: float = 60.0, patience_s: float = 180.0) -> None:
