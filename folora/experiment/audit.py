@@ -21,8 +21,9 @@ from folora import tuned as tuned_folders
 from folora.errors import FoloraError
 from folora.evals import kl, metrics, outcomes
 from folora.evals.items import item_sources, suite_items
-from folora.evals.suite import SuiteResult, evaluate_suite, suite_fingerprint
+from folora.evals.suite import SuiteResult, evaluate_suite
 from folora.experiment.caches import cached_base_eval
+from folora.experiment.record import provenance
 from folora.experiment.validation import validate_audit_config
 from folora.models import LoadedModel, load_model
 from folora.records import report
@@ -180,10 +181,6 @@ def audit_fields(cfg: DictConfig, loaded: LoadedModel, task, tuned: tuned_folder
                           aggregates=[item for item, score in final.scores.items() if "aggregate_of" in score],
                           forgetting=list(cfg.eval.get("forgetting") or []),
                           diagnostic=[item.name for item in suite_items(cfg.eval) if item.diagnostic])
-    data = {"eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},
-            "model": {"name": loaded.name, "fingerprint": loaded.fingerprint}}
-    if task is not None:
-        data["task"] = {"name": task.name, "fingerprint": task.fingerprint, **task.stats}
     return {**scored_fields(base.scores, final.scores, base.outcomes, final.outcomes, roles, item_sources(cfg.eval)),
             "kl_to_base": kl_score, "validation_loss": val_loss, "precision": {"eval": eval_precision},
-            "tuned": tuned.to_record(), "data": data, "outcomes": "outcomes.json.gz"}
+            "tuned": tuned.to_record(), "data": provenance(cfg, loaded, task), "outcomes": "outcomes.json.gz"}

@@ -36,10 +36,13 @@ class Outcome:
 
 
 def provenance(cfg: DictConfig, loaded, task) -> dict:
-    """What the run's numbers depend on besides the config: the exact task data, eval suite and model weights."""
-    return {"task": {"name": task.name, "fingerprint": task.fingerprint, **task.stats},
-            "eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},
+    """What the run's numbers depend on besides the config: the exact task data (none for an audit without a task),
+    eval suite and model weights."""
+    data = {"eval_suite": {"name": cfg.eval.name, "fingerprint": suite_fingerprint(cfg.eval)},
             "model": {"name": loaded.name, "fingerprint": loaded.fingerprint}}
+    if task is not None:
+        data = {"task": {"name": task.name, "fingerprint": task.fingerprint, **task.stats}} | data
+    return data
 
 
 def results_fields(cfg: DictConfig, outcome: Outcome, *, wall_s: float) -> dict:

@@ -158,7 +158,7 @@ def check_distributed(cfg: DictConfig, method) -> bool:
         blocker = method.distributed_blocker()
         if blocker:
             raise FoloraError(f"method={cfg.method.name} cannot run on {world.size} ranks yet: {blocker}.")
-        distributed.check_batch(int(cfg.train.batch_size), int(cfg.train.grad_accum))
+        distributed.check_batch(int(cfg.train.batch_size))
     return world.main
 
 

@@ -107,7 +107,7 @@ def shard(batch: dict[str, torch.Tensor], world: World | None = None) -> dict[st
     return {k: v[world.rank * per:(world.rank + 1) * per] for k, v in batch.items()}
 
 
-def check_batch(batch_size: int, grad_accum: int, world: World | None = None) -> None:
+def check_batch(batch_size: int, world: World | None = None) -> None:
     world = world or current()
     if world.distributed and batch_size % world.size:
         raise FoloraError(f"train.batch_size={batch_size} is the global batch, split evenly across the {world.size} "

@@ -192,7 +192,7 @@ def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: Dic
     the run from that step exactly."""
     if len(examples) < cfg.batch_size:
         raise FoloraError(f"The task has {len(examples)} training examples, fewer than train.batch_size={cfg.batch_size}.")
-    distributed.check_batch(int(cfg.batch_size), int(cfg.grad_accum))
+    distributed.check_batch(int(cfg.batch_size))
     trainer = make_trainer(model, method, cfg, device)
     stream = batches(examples, cfg.batch_size, pad_id, seed, group_by_length=bool(cfg.get("group_by_length", False)))
     summary = TrainSummary(steps=0, tokens=0, wall_s=0.0, precision=trainer.precision)
