@@ -26,6 +26,7 @@ from folora.errors import FoloraError, require
 from folora.evals.corpora import prose_documents
 from folora.methods.base import MethodContext, PeftLoRAMethod, linear_layer_names, lora_layers
 from folora.methods.options import nested_options
+from folora.training import distributed
 
 CURVATURES = ("diag-empirical", "diag-sampled", "kfac")
 
@@ -144,18 +145,22 @@ def _labels(model, ids: torch.Tensor, sampled: bool, generator: torch.Generator)
 
 
 def diagonal_fisher(model, sequences: list[list[int]], device, *, sampled: bool, seed: int):
-    """(θ, θ0, N · mean of squared per-sequence gradients) for every trainable (LoRA) parameter."""
+    """(θ, θ0, N · mean of squared per-sequence gradients) for every trainable (LoRA) parameter. On several ranks
+    each rank takes its share of the sequences and the sums are added across ranks; sampled labels come from one
+    generator in sequence order, so there every rank passes every sequence (the same sums, not divided)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     squares = [torch.zeros_like(p) for _, p in params]
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()   # no dropout while measuring curvature
-    for sequence in sequences:
+    for sequence in sequences if sampled else distributed.share(sequences):
         ids = torch.tensor([sequence], device=device)
         loss = _sequence_loss(model, ids, _labels(model, ids, sampled, generator))
         grads = torch.autograd.grad(loss, [p for _, p in params])
         for acc, g in zip(squares, grads, strict=True):
             acc.add_(g.detach() ** 2)
+    if not sampled:
+        distributed.all_sum_(squares)
     model.train(was_training)
     anchors = []
     for (name, p), acc in zip(params, squares, strict=True):
@@ -168,7 +173,8 @@ def diagonal_fisher(model, sequences: list[list[int]], device, *, sampled: bool,
 
 
 def kfac_factors(model, sequences: list[list[int]], device):
-    """(M, M0, Σ_tokens a aᵀ, Σ_tokens g gᵀ / tokens) per LoRA factor: their Kronecker product is N · F_KFAC."""
+    """(M, M0, Σ_tokens a aᵀ, Σ_tokens g gᵀ / tokens) per LoRA factor: their Kronecker product is N · F_KFAC. On
+    several ranks each rank passes its share of the sequences and the sums are added across ranks."""
     modules = []
     for _, layer in lora_layers(model):
         modules += [layer.lora_A["default"], layer.lora_B["default"]]
@@ -182,13 +188,15 @@ def kfac_factors(model, sequences: list[list[int]], device):
     was_training = model.training
     model.eval()
     tokens = 0
-    for sequence in sequences:
+    for sequence in distributed.share(sequences):
         ids = torch.tensor([sequence], device=device)
         tokens += len(sequence)
         _sequence_loss(model, ids, ids).backward()
     model.zero_grad(set_to_none=True)
     for h in handles:
         h.remove()
+    distributed.all_sum_([*a_sum.values(), *g_sum.values()])
+    tokens = round(distributed.all_sum(tokens))
     model.train(was_training)
     # Over K = N·T tokens: N·F ≈ N·T·(Ā ⊗ Ḡ) = K·Ā ⊗ Ḡ with Ā = Σaaᵀ/K, Ḡ = Σggᵀ/K, i.e. (Σaaᵀ) ⊗ (Σggᵀ/K).
     names = {id(p): n for n, p in model.named_parameters()}

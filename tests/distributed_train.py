@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OVERRIDES = ["model=tiny-random", "train.steps=3", "train.batch_size=4", "train.grad_accum=2", "train.log_every=1",
              "task.sizes.train=64", "task.sizes.validation=8", "threads=1"]
+# CorDA's proxy on the tiny model is 3 sequences: one per batch, so its covariance pass has batches to share
+SHARED_PASSES = {"corda": ["method.calibration.batch_size=1"]}
 
 
 def train_every_method(methods: list[str], cache_dir: Path) -> dict:
@@ -30,22 +34,72 @@ def train_every_method(methods: list[str], cache_dir: Path) -> dict:
     torch.set_num_threads(1)
     out = {}
     for name in methods:
-        cfg, loaded, task = model_and_task(composed(*OVERRIDES, f"method={name}"))
+        cfg, loaded, task = model_and_task(composed(*OVERRIDES, *SHARED_PASSES.get(name, []), f"method={name}"))
         method = build_method(cfg.method)
         seed_everything(0)
         device = torch.device("cpu")
         ctx = MethodContext(tokenizer=loaded.tokenizer, train_examples=task.train, seed=0, device=device,
                             cache_dir=cache_dir, model_fingerprint=loaded.fingerprint)
         unwritten = Checkpointer(cache_dir / f"unused-{name}-{current().rank}", {}, 0, writer=False)
-        model, _ = prepare_calibrated(method, loaded.model, ctx, unwritten, use_cache=False)
+        forwards = [0]   # the base model's forward passes while preparing, but the proxy's generation (rank 0's)
+        counting = loaded.model.register_forward_pre_hook(partial(_count_pass, forwards), with_kwargs=True)
+        with _recording_covariances() as covariances:
+            model, _ = prepare_calibrated(method, loaded.model, ctx, unwritten, use_cache=False)
+        counting.remove()
         summary = train(model, method, task.train, cfg.train, pad_id=loaded.tokenizer.pad_token_id, device=device,
                         seed=0, log=lambda *a: None)
         trained = [p.detach().double() for p in model.parameters() if p.requires_grad]
         out[name] = {"losses": summary.losses, "tokens": summary.tokens,
                      "weights_sum": float(sum(p.sum() for p in trained)),
                      "weights_abs_sum": float(sum(p.abs().sum() for p in trained)),
-                     "calibration_keys": sorted(method.calibration_state())}
+                     "calibration_keys": sorted(method.calibration_state()),
+                     "calibration_abs_sums": _abs_sums(method.calibration_state()),
+                     "calibration_forwards": _per_rank(forwards[0]), "covariances": covariances}
     return out
+
+
+@contextmanager
+def _recording_covariances():
+    """Every covariance pass's result while preparing, as [{group: sum of |C|}, token count] per pass."""
+    import baselines.corda
+    from folora.calibration import covariance
+
+    passes, accumulate = [], covariance.accumulate
+
+    def recorded(*args, **kwargs):
+        sums, tokens = accumulate(*args, **kwargs)
+        passes.append([{key: float(c.double().abs().sum()) for key, c in sums.items()}, tokens])
+        return sums, tokens
+
+    covariance.accumulate = baselines.corda.accumulate = recorded
+    try:
+        yield passes
+    finally:
+        covariance.accumulate = baselines.corda.accumulate = accumulate
+
+
+def _count_pass(forwards: list[int], module, args, kwargs) -> None:
+    if not {"cache", "past_key_values", "use_cache"} & kwargs.keys():   # generation keeps a KV cache; a pass does not
+        forwards[0] += 1
+
+
+def _abs_sums(state, path: str = "") -> dict[str, float]:
+    """{path in the calibration state: the sum of the tensor's absolute values}, in float64."""
+    if isinstance(state, torch.Tensor):
+        return {path: float(state.detach().double().abs().sum())}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {k: v for key, item in items for k, v in _abs_sums(item, f"{path}/{key}").items()}
+
+
+def _per_rank(count: int) -> list[int]:
+    from torch import distributed as dist
+
+    from folora.training.distributed import current
+
+    counts = [count] * current().size
+    if current().distributed:
+        dist.all_gather_object(counts, count)
+    return counts
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from folora.errors import require
 from folora.methods.base import layer_shape
-from folora.training import precision
+from folora.training import distributed, precision
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,14 @@ def _accumulating(model: torch.nn.Module, groups: list[InputGroup], sums: dict[s
 def accumulate(model: torch.nn.Module, groups: list[InputGroup], batches: list[dict[str, torch.Tensor]],
                desc: str, precision_used: str = "fp32") -> tuple[dict[str, torch.Tensor], int]:
     """Mean of x xᵀ per group over the unmasked tokens of `batches`; returns (covariances, token count). The
-    forward runs at `precision_used`; the outer products are accumulated in fp32 either way."""
+    forward runs at `precision_used`; the outer products are accumulated in fp32 either way. On several ranks each
+    rank passes its share of the batches and the sums are added across ranks: every rank returns the mean over all."""
     device = next(model.parameters()).device
     sums = {g.key: torch.zeros(g.dim, g.dim, dtype=torch.float32, device=device) for g in groups}
     mask_box: list = [None]
     tokens = 0
     with _accumulating(model, groups, sums, mask_box):
-        for batch in tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True, leave=False):
+        for batch in tqdm(distributed.share(batches), desc=desc, unit="batch", dynamic_ncols=True, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
             mask_box[0] = batch["attention_mask"]
             tokens += int(batch["attention_mask"].sum())
@@ -120,6 +121,8 @@ def accumulate(model: torch.nn.Module, groups: list[InputGroup], batches: list[d
                 # the hooks read the adapted layers' inputs; the output head's logits are never used, so it runs on
                 # one position instead of every token (about a sixth of the pass's forward FLOPs on SmolLM2)
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **_one_logit(model))
+    distributed.all_sum_(sums.values())
+    tokens = round(distributed.all_sum(tokens))
     return {k: v.div_(max(1, tokens)) for k, v in sums.items()}, tokens   # in place: no second d × d copy
 
 

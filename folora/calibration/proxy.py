@@ -22,7 +22,7 @@ from folora.errors import FoloraError, require
 from folora.methods.options import nested_options
 from folora.records.identity import code_part, identity
 from folora.records.io import cache_lock, write_json_atomic
-from folora.training import precision
+from folora.training import distributed, precision
 
 # Short, topic-neutral openings for `start: seeds`: prose, dialogue, code and lists, so no domain dominates.
 STARTS = ("bos", "random_token", "seeds", "chat", "auto")
@@ -101,8 +101,16 @@ class ProxyData:
 def sample_proxy(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_fingerprint: str, cache_dir: Path,
                  device: torch.device, precision_used: str = "fp32") -> ProxyData:
     """Sample (or load from cache) `cfg.num_sequences` distinct sequences from `model` at a resolved precision
-    (the samples differ between fp32 and bf16, so the precision is part of the cache key)."""
+    (the samples differ between fp32 and bf16, so the precision is part of the cache key). On several ranks rank 0
+    samples (or reads the cache) and the others receive its sequences."""
     cfg.validate()
+    return distributed.computed_once(lambda: _sample_or_load(model, tokenizer, cfg, model_fingerprint=model_fingerprint,
+                                                             cache_dir=cache_dir, device=device,
+                                                             precision_used=precision_used))
+
+
+def _sample_or_load(model: torch.nn.Module, tokenizer, cfg: ProxyConfig, *, model_fingerprint: str, cache_dir: Path,
+                    device: torch.device, precision_used: str) -> ProxyData:
     cfg = resolved_start(cfg, tokenizer)
     template = tokenizer.chat_template if cfg.start == "chat" else None   # a conversation's tokens come from it
     key = identity("proxy", config={**asdict(cfg), "precision": precision_used, "chat_template": template},

@@ -78,30 +78,24 @@ def prepare_calibrated(method: Method, model: torch.nn.Module, ctx: MethodContex
                        ) -> tuple[torch.nn.Module, dict | None]:
     """`method.prepare(model, ctx)` with its calibration taken from, or written to, the shared cache (and the run's
     checkpoint): (the prepared model, the cache summary for results.json, None where the cache is not used). A
-    resumed run's `ctx.calibration` (from its checkpoint) is used as it is. On several ranks rank 0 calibrates (or
-    reads the cache) and broadcasts the calibration; the other ranks prepare from it, as a resumed run does."""
+    resumed run's `ctx.calibration` (from its checkpoint) is used as it is.
+
+    On several ranks rank 0 looks in the cache and broadcasts what it found; a calibration not cached is computed by
+    every rank together (each statistics pass shared among them, folora/training/distributed.py), checked to be the
+    same on every rank, and written to the cache by rank 0."""
     world = distributed.current()
-    if not world.distributed or ctx.calibration is not None:
-        return _prepare_calibrated(method, model, ctx, checkpoints, use_cache=use_cache)
-    prepared, summary = _prepare_calibrated(method, model, ctx, checkpoints, use_cache=use_cache) if world.main \
-        else (None, None)
-    state = distributed.broadcast_object(method.calibration_state() if world.main else None)
-    if world.main:
-        return prepared, summary
-    ctx.calibration = state
-    return method.prepare(model, ctx).to(ctx.device), None
-
-
-def _prepare_calibrated(method: Method, model: torch.nn.Module, ctx: MethodContext, checkpoints, *, use_cache: bool
-                        ) -> tuple[torch.nn.Module, dict | None]:
     resumed = ctx.calibration is not None
-    shared = shared_calibration(method, model, ctx, ctx.model_fingerprint) if not resumed and use_cache else None
+    found = shared_calibration(method, model, ctx, ctx.model_fingerprint) if not resumed and use_cache and world.main \
+        else None
+    shared = distributed.broadcast_object(found) if not resumed and use_cache else None
     if shared is not None and shared.state is not None:
         ctx.calibration = shared.state
-        print(f"[folora] calibration from the cache: {shared.path}", flush=True)
+        if world.main:
+            print(f"[folora] calibration from the cache: {shared.path}", flush=True)
     model = method.prepare(model, ctx).to(ctx.device)
     if not resumed:
+        distributed.check_identical(method.calibration_state(), f"{method.name} calibration")
         checkpoints.save_calibration(method.calibration_state())
-    if shared is not None and shared.state is None:
+    if shared is not None and shared.state is None and world.main:
         calibration_cache.save(ctx.cache_dir, shared.key, method.calibration_state())
     return model, shared.summary() if shared is not None else None

@@ -7,8 +7,12 @@ How a run on N ranks stays the run on one (docs/distributed.md):
   micro-batch (`shard`). The loss is each rank's response-token loss sum over the *global* batch's token count,
   times N: DDP averages gradients, so their mean is the one-process gradient. The logged loss is summed across
   ranks (`all_sum`). Clipping, the optimizer and the schedule then see the same gradient on every rank.
-- Calibration is computed once, on rank 0, and its state broadcast (`broadcast_object`): the others prepare from it
-  as a resumed run prepares from its checkpoint. DDP broadcasts rank 0's parameters when it wraps the model.
+- Calibration is computed by every rank together: each statistics pass (covariances, curvature) takes every N-th
+  batch (`share`) and its sums are added across ranks (`all_sum_`), so every rank holds the statistics of all the
+  data; what is sampled (the proxy) is sampled once, on rank 0, and broadcast (`computed_once`). What follows from
+  the statistics (the spectral solve) is then the same computation on the same numbers on every rank, checked
+  (`check_identical`). A cached calibration is read by rank 0 and broadcast. DDP broadcasts rank 0's parameters
+  when it wraps the model.
 - Evaluation, records, checkpoints, exports and the logger are rank 0's; the other ranks train and read the
   checkpoint when resuming. A stop signal on any rank stops every rank at the same step (`stop_signal`).
 """
@@ -132,6 +136,58 @@ def stop_signal(signum: int | None) -> int | None:
     tensor = torch.tensor([signum or 0], dtype=torch.int64, device=_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor) or None
+
+
+def share(items: list) -> list:
+    """This rank's share of a statistics pass's batches: every N-th, from its rank (all of them on one process)."""
+    world = current()
+    return items[world.rank::world.size] if world.distributed else items
+
+
+def all_sum_(tensors) -> None:
+    """Each tensor summed over ranks, in place (every rank then holds the same sum)."""
+    if current().distributed:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def computed_once(compute):
+    """`compute()` on rank 0, its result (pickled) on every rank: what is sampled, not summed, is sampled once."""
+    if not current().distributed:
+        return compute()
+    return broadcast_object(compute() if current().main else None)
+
+
+def check_identical(state, what: str) -> None:
+    """Stop on every rank when the tensors of `state` (nested in dicts and lists) differ between ranks: each rank
+    computed them from the same reduced statistics, and ranks that disagree would train apart. The rest (timings,
+    counts for the record) is rank 0's to report."""
+    if not current().distributed:
+        return
+    digests = [None] * current().size
+    dist.all_gather_object(digests, _digest(state))
+    if len(set(digests)) > 1:
+        differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+        raise FoloraError(f"The {what} computed on ranks {differ} differs from rank 0's, though every rank computed it "
+                          f"from the same statistics (a nondeterministic kernel on this device?). Run the same "
+                          f"command once on one process: its calibration lands in the calibration cache, which a "
+                          f"distributed run reads on rank 0 and broadcasts.")
+
+
+def _digest(value, hasher=None) -> str:
+    hasher = hasher or hashlib.sha256()
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            hasher.update(str(key).encode())
+            _digest(value[key], hasher)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _digest(item, hasher)
+    return hasher.hexdigest()
 
 
 def broadcast_object(value, src: int = 0):
