@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 OVERRIDES = ["model=tiny-random", "train.steps=3", "train.batch_size=4", "train.grad_accum=2", "train.log_every=1",
-             "task.sizes.train=64", "task.sizes.validation=8", "threads=1"]
+             "task.sizes.train=64", "task.sizes.validation=8", "threads=1", "train.precision=fp32"]
 # CorDA's proxy on the tiny model is 3 sequences: one per batch, so its covariance pass has batches to share
 SHARED_PASSES = {"corda": ["method.calibration.batch_size=1"]}
 

@@ -370,9 +370,10 @@ def test_auditing_a_runs_adapter_gives_that_runs_own_final_scores(tiny_run, tmp_
 
 
 def test_a_two_rank_run_is_the_one_process_run(tiny_run, tmp_path):
-    """torchrun, gloo, two ranks of one thread: FoLoRA's calibration computed on rank 0 and broadcast, the batches
-    sharded, rank 0 evaluating. The loss curve agrees to a relative 1e-4 (not bit for bit: docs/distributed.md), the
-    discrete scores are the same and the bits per byte agree to the last digits."""
+    """torchrun, gloo, two ranks of one thread, bf16 autocast: FoLoRA's covariances summed over both ranks' halves of
+    the calibration batches, the training batches sharded, rank 0 evaluating. The spectrum agrees to a relative 1e-3
+    and the loss curve to 1e-4 (not bit for bit: docs/distributed.md; tests/test_distributed.py checks 1e-5 in
+    fp32), the discrete scores are the same and the bits per byte agree to the last digits."""
     import os
     import subprocess
 
@@ -388,7 +389,7 @@ def test_a_two_rank_run_is_the_one_process_run(tiny_run, tmp_path):
     assert two["status"] == "completed" and two["host"]["world_size"] == 2
     assert two["train"]["tokens"] == one["train"]["tokens"]
     assert two["train"]["loss_curve"] == pytest.approx(one["train"]["loss_curve"], rel=1e-4)
-    assert two["method"]["calibration"]["spectrum"] == one["method"]["calibration"]["spectrum"]   # computed once
+    assert two["method"]["calibration"]["spectrum"] == pytest.approx(one["method"]["calibration"]["spectrum"], rel=1e-3)
     for item, record in one["metrics"].items():
         other = two["metrics"][item]["final"]["value"]
         if one["roles"][item] == "forgetting":
