@@ -60,12 +60,10 @@ def main(cfg: DictConfig) -> None:
     except RuntimeError as error:   # torch.distributed's errors: a rank that died or hung takes the run down
         from folora.training import distributed
 
-        if not distributed.current().distributed:
+        lost = distributed.lost_ranks(error)
+        if lost is None:
             raise
-        print(f"\nfolora: error: rank {distributed.current().rank} of this {distributed.current().size}-rank run "
-              f"lost the others ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); "
-              f"another rank failed or was killed: its log says why. The same command resumes from the last "
-              f"checkpoint.\n(run folder: {run_dir})", file=sys.stderr)
+        print(f"\nfolora: error: {lost}\n(run folder: {run_dir})", file=sys.stderr)
         sys.exit(1)
 
 

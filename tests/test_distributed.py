@@ -161,6 +161,24 @@ def test_a_stop_signal_on_one_rank_stops_both_and_the_resumed_run_is_the_uninter
     assert resumed["metrics"] == uninterrupted["metrics"]
 
 
+def test_a_rank_that_dies_fails_the_run_with_a_message_and_no_complete_result(tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        launcher = subprocess.Popen(torchrun("-m", "folora.run", f"hydra.run.dir={run_dir}", *RUN), cwd=REPO,
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=ONE_THREAD)
+        deadline = time.time() + 300
+        while "train:" not in log.read_text() or len(_workers(launcher)) < 2:
+            assert launcher.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(_workers(launcher)[1], signal.SIGKILL)                        # rank 1 dies: no handler runs
+        assert launcher.wait(timeout=300) != 0                               # the group stops, not hangs
+    record = read_results(run_dir)
+    assert record is not None and record["status"] == "failed", log.read_text()[-3000:]
+    assert record["error"]["type"] == "LostRanks"          # the cause, not the SIGTERM torchrun sent after it
+    assert "folora: error: rank 0 of this 2-rank run lost the others" in log.read_text()
+    assert not (run_dir / "adapter").exists()
+
+
 # --- bad input ------------------------------------------------------------------------------------------------------
 
 

@@ -83,8 +83,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     except BaseException as error:
         record.data.setdefault("timing", {})["wall_s"] = round(time.perf_counter() - started, 3)
-        record.fail(error)
+        lost = distributed.lost_ranks(error)   # the cause, not torchrun's SIGTERM that followed it
+        record.fail(lost or error)
         logger.finish("failed")
+        if lost is not None and lost is not error:
+            raise lost from error
         raise
 
 

@@ -190,6 +190,30 @@ def _digest(value, hasher=None) -> str:
     return hasher.hexdigest()
 
 
+class LostRanks(RuntimeError):
+    """A collective operation failed because another rank died, was killed or lost its connection."""
+
+
+def lost_ranks(error: BaseException) -> LostRanks | None:
+    """On several ranks: a LostRanks saying so when `error`, or an error it arose while handling (torchrun's
+    SIGTERM to the survivors often lands while the first one is handled), is torch.distributed's failure to reach
+    the other ranks; None otherwise."""
+    world = current()
+    seen = error
+    while world.distributed and seen is not None:
+        if isinstance(seen, LostRanks):
+            return seen
+        text = str(seen)
+        if isinstance(seen, dist.DistError) or (isinstance(seen, RuntimeError) and any(
+                marker in text for marker in ("gloo", "NCCL", "Connection reset", "Connection closed"))):
+            first = text.strip().splitlines()[0] if text.strip() else type(seen).__name__
+            return LostRanks(f"rank {world.rank} of this {world.size}-rank run lost the others ({first}): another "
+                             f"rank failed or was killed, and its log says why. The same command continues from the "
+                             f"run's last checkpoint where it has one.")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def broadcast_object(value, src: int = 0):
     """Rank `src`'s `value` on every rank (pickled)."""
     if not current().distributed:
