@@ -179,6 +179,18 @@ def test_a_rank_that_dies_fails_the_run_with_a_message_and_no_complete_result(tm
     assert not (run_dir / "adapter").exists()
 
 
+def test_the_evaluation_sharding_measurement_gathers_every_document_on_rank_0(tmp_path):
+    """scripts/eval_sharding.py, which docs/distributed.md quotes: rank 0 alone against every rank its share of the
+    documents (lm-eval's data-parallel protocol), both gathered into the same documents on rank 0."""
+    process = subprocess.run(torchrun("-m", "scripts.eval_sharding", "--out", str(tmp_path), "model=tiny-random",
+                                      "eval.limit=3", "eval.kl.max_tokens=16"),
+                             cwd=REPO, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
+    assert process.returncode == 0, process.stderr[-4000:]
+    report = json.loads((tmp_path / "eval_sharding_tiny-random_2ranks.json").read_text())
+    assert report["world_size"] == 2 and report["rank0_alone_s"] > 0 and report["sharded_s"] > 0
+    assert report["items"] and all(row["same_documents"] and row["documents"] == 3 for row in report["items"].values())
+
+
 # --- bad input ------------------------------------------------------------------------------------------------------
 
 

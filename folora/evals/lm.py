@@ -18,16 +18,30 @@ import inspect
 import torch
 from tqdm.auto import tqdm
 
+from folora.training import distributed
+
 # fp32 logits held at once while scoring log-likelihoods: 2**25 floats, 128 MiB (twice that with the log-sum-exp).
 LOGITS_BUDGET = 2 ** 25
 CACHE_KWARGS = ("cache", "past_key_values")   # transformers 5 names it `cache`; earlier releases and remote code not
 
 
-def suite_lm(model: torch.nn.Module, tokenizer, batch_size: int, max_length: int, precision_used: str):
-    """The suite's HFLM over a built transformers model (PEFT layers injected or merged)."""
+def suite_lm(model: torch.nn.Module, tokenizer, batch_size: int, max_length: int, precision_used: str,
+             sharded: bool = False):
+    """The suite's HFLM over a built transformers model (PEFT layers injected or merged). `sharded`: on several
+    ranks, each evaluates every N-th document and lm-eval gathers the per-document results on rank 0 (lm-eval's
+    data-parallel protocol: rank, world size, gather), each rank holding the whole model."""
     from lm_eval.models.huggingface import HFLM
 
     class SuiteLM(HFLM):
+        def all_gather(self, tensor):
+            return distributed.all_gather_tensor(tensor) if self.world_size > 1 else tensor
+
+        def gather_object(self, obj, dst=0):
+            return distributed.gather_object(obj, dst) if self.world_size > 1 else [obj]
+
+        def barrier(self):
+            distributed.barrier()
+
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             # lm-eval's criteria stop a batch only once one stop string has appeared in every sequence; with
             # transformers' per-sequence `stop_strings` a finished sequence stops and only pads until the others
@@ -45,8 +59,11 @@ def suite_lm(model: torch.nn.Module, tokenizer, batch_size: int, max_length: int
                     self.cache_hook.add_partial("loglikelihood", request_str, answer)
             return answers
 
-    return SuiteLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                   mixed_precision_dtype=torch.bfloat16 if precision_used == "bf16" else None)
+    lm = SuiteLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                 mixed_precision_dtype=torch.bfloat16 if precision_used == "bf16" else None)
+    if sharded and distributed.current().distributed:   # HFLM over a built model is always one process of one
+        lm._rank, lm._world_size = distributed.current().rank, distributed.current().size
+    return lm
 
 
 def supports_shared_context(model: torch.nn.Module) -> bool:

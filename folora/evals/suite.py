@@ -54,12 +54,14 @@ def suite_fingerprint(cfg: DictConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used: str = "fp32") -> SuiteResult:
+def evaluate_suite(model: torch.nn.Module, tokenizer, cfg: DictConfig, precision_used: str = "fp32",
+                   sharded: bool = False) -> SuiteResult | None:
     """Score every item of the suite on an already-built model (PEFT adapters included) at a resolved precision
-    (bf16 autocast with the output head in fp32, or fp32): see `evaluate_lm`."""
+    (bf16 autocast with the output head in fp32, or fp32): see `evaluate_lm`. `sharded`: called on every rank of a
+    distributed run, each evaluating its share of the documents; the result is rank 0's (None on the others)."""
     # lm-eval wraps an already-built model; PEFT adapters are injected into it, so scores include them.
     transformers_model = _transformers_model(model)
-    lm = suite_lm(transformers_model, tokenizer, int(cfg.batch_size), int(cfg.max_length), precision_used)
+    lm = suite_lm(transformers_model, tokenizer, int(cfg.batch_size), int(cfg.max_length), precision_used, sharded)
     with precision.fp32_logits(transformers_model):
         return evaluate_lm(lm, cfg)
 
@@ -87,12 +89,16 @@ def evaluate_lm(lm, cfg: DictConfig) -> SuiteResult:
                                  bootstrap_iters=int(cfg.bootstrap_iters), verbosity="ERROR", random_seed=0,
                                  numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
                                  confirm_run_unsafe_code=any(item.unsafe_code for item in group))
+        if output is None:   # a rank other than 0 of a sharded evaluation: its documents went to rank 0
+            continue
         results = output["results"][task]
         samples = output["samples"].get(task) or group_samples(output["samples"])
         for item in group:
             scores[item.name] = _score(item, results, samples)
             outcomes[item.name] = item_outcomes(item.metric, samples)
         seconds["+".join(item.name for item in group)] = round(time.perf_counter() - started, 3)
+    if lm.rank != 0:
+        return None
     return SuiteResult(scores | aggregates(scores, cfg.get("aggregates") or {}), outcomes, seconds)
 
 

@@ -223,6 +223,20 @@ def broadcast_object(value, src: int = 0):
     return box[0]
 
 
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (of one shape), stacked in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(current().size)]
+    dist.all_gather(parts, tensor)
+    return torch.stack(parts)
+
+
+def gather_object(value, dst: int = 0) -> list | None:
+    """Every rank's `value` (pickled), in rank order, on rank `dst`; None on the others."""
+    out = [None] * current().size if current().rank == dst else None
+    dist.gather_object(value, out, dst=dst)
+    return out
+
+
 def barrier() -> None:
     if current().distributed:
         dist.barrier()
