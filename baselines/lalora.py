@@ -84,6 +84,10 @@ class LaLoRA(PeftLoRAMethod):
                 "init": str(config.init_lora_weights), "init_rng_state": init_state, "curvature": self.curvature,
                 "samples": self.samples, "data": self.data, "proxy": dict(self.proxy_options), "seed": ctx.seed}
 
+    def sharding_blocker(self) -> str | None:
+        return ("its penalty compares whole adapter matrices with their anchors, and FSDP gives each rank a slice of "
+                "them; use train.sharding=ddp")
+
     def regularizer(self, model: torch.nn.Module) -> torch.Tensor | None:
         if self.lam == 0:
             return None

@@ -1,5 +1,6 @@
 """Every method's calibration and training on a tiny model, as the runner does them, on however many ranks this
-process belongs to: `torchrun --nproc_per_node=2 tests/distributed_train.py OUT.json` (rank 0 writes OUT.json), or
+process belongs to: `torchrun --nproc_per_node=2 tests/distributed_train.py OUT.json CACHE METHODS [OVERRIDES...]` (rank 0 writes
+OUT.json), or
 `train_every_method()` in one process. tests/test_distributed.py compares the two."""
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ OVERRIDES = ["model=tiny-random", "train.steps=3", "train.batch_size=4", "train.
 SHARED_PASSES = {"corda": ["method.calibration.batch_size=1"]}
 
 
-def train_every_method(methods: list[str], cache_dir: Path) -> dict:
+def train_every_method(methods: list[str], cache_dir: Path, extra: list[str] = ()) -> dict:
     """{method: {losses, weights_sum, calibration_keys}} after 3 steps of each method, prepared the runner's way."""
     from folora.experiment.caches import prepare_calibrated
     from folora.methods.base import MethodContext
     from folora.methods.build import build_method
     from folora.training.checkpoint import Checkpointer
-    from folora.training.distributed import current
+    from folora.training.distributed import current, whole_value
     from folora.training.loop import train
     from folora.training.rng import seed_everything
     from tests.conftest import composed, model_and_task
@@ -34,7 +35,7 @@ def train_every_method(methods: list[str], cache_dir: Path) -> dict:
     torch.set_num_threads(1)
     out = {}
     for name in methods:
-        cfg, loaded, task = model_and_task(composed(*OVERRIDES, *SHARED_PASSES.get(name, []), f"method={name}"))
+        cfg, loaded, task = model_and_task(composed(*OVERRIDES, *SHARED_PASSES.get(name, []), *extra, f"method={name}"))
         method = build_method(cfg.method)
         seed_everything(0)
         device = torch.device("cpu")
@@ -48,7 +49,7 @@ def train_every_method(methods: list[str], cache_dir: Path) -> dict:
         counting.remove()
         summary = train(model, method, task.train, cfg.train, pad_id=loaded.tokenizer.pad_token_id, device=device,
                         seed=0, log=lambda *a: None)
-        trained = [p.detach().double() for p in model.parameters() if p.requires_grad]
+        trained = [whole_value(p.detach()).double() for p in model.parameters() if p.requires_grad]
         out[name] = {"losses": summary.losses, "tokens": summary.tokens,
                      "weights_sum": float(sum(p.sum() for p in trained)),
                      "weights_abs_sum": float(sum(p.abs().sum() for p in trained)),
@@ -106,9 +107,9 @@ def main() -> None:
     from folora.training import distributed
 
     out, cache = Path(sys.argv[1]), Path(sys.argv[2])
-    methods = sys.argv[3].split(",")
+    methods, extra = sys.argv[3].split(","), sys.argv[4:]
     world = distributed.setup()
-    result = train_every_method(methods, cache)
+    result = train_every_method(methods, cache, extra)
     if world.main:
         out.write_text(json.dumps({"world_size": world.size, "methods": result}))
     distributed.teardown()

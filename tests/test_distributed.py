@@ -82,6 +82,28 @@ def _split(sums: dict[str, float]) -> tuple[dict, dict]:
     return {k: v for k, v in sums.items() if k not in decomposed}, {k: v for k, v in sums.items() if k in decomposed}
 
 
+def test_methods_that_shard_train_the_same_under_fsdp_on_two_ranks(tmp_path):
+    """FSDP2 (`train.sharding=fsdp`): each decoder block's weights, gradients and optimizer state split across the
+    two ranks, for full fine-tuning and every PEFT adapter; FoLoRA and LaLoRA refuse it (tested below)."""
+    from folora.methods.build import build_method
+    from tests.conftest import composed
+    from tests.distributed_train import train_every_method
+
+    methods = [m for m in METHODS if build_method(composed(f"method={m}").method).sharding_blocker() is None]
+    assert {"full", "lora", "dora", "corda", "pissa"} <= set(methods) and "folora" not in methods
+    out = tmp_path / "two.json"
+    process = subprocess.run(torchrun(str(REPO / "tests" / "distributed_train.py"), str(out), str(tmp_path / "two"),
+                                      ",".join(methods), "train.sharding=fsdp"),
+                             cwd=REPO, capture_output=True, text=True, timeout=900, env=ONE_THREAD)
+    assert process.returncode == 0, process.stderr[-4000:]
+    two = json.loads(out.read_text())["methods"]
+    one = train_every_method(methods, tmp_path / "one")
+    for name in methods:
+        assert two[name]["tokens"] == one[name]["tokens"], name
+        assert two[name]["losses"] == pytest.approx(one[name]["losses"], rel=1e-5), name
+        assert two[name]["weights_abs_sum"] == pytest.approx(one[name]["weights_abs_sum"], rel=1e-4), name
+
+
 # --- through the entry point ----------------------------------------------------------------------------------------
 
 RUN = [*TINY, "method=lora", "threads=1", "eval.every=0", "eval.limit=1", "train.steps=40", "train.checkpoint_every=0",
@@ -93,27 +115,32 @@ def _discrete(record: dict) -> dict:
     return {i: m["final"]["value"] for i, m in record["metrics"].items() if record["roles"][i] != "forgetting"}
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+# LoRA with DDP; full fine-tuning sharded by FSDP2, its checkpoint gathered whole and its evaluation on the whole model
+SHARDINGS = {"ddp": [*RUN], "fsdp": [*RUN, "method=full", "train.sharding=fsdp"]}
+
+
+@pytest.fixture(scope="module", params=sorted(SHARDINGS))
+def two_ranks(request, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("two") / "run"
-    process = subprocess.run(torchrun("-m", "folora.run", f"hydra.run.dir={run_dir}", *RUN), cwd=REPO,
-                             capture_output=True, text=True, timeout=900, env=ONE_THREAD)
+    process = subprocess.run(torchrun("-m", "folora.run", f"hydra.run.dir={run_dir}", *SHARDINGS[request.param]),
+                             cwd=REPO, capture_output=True, text=True, timeout=900, env=ONE_THREAD)
     assert process.returncode == 0, process.stderr[-4000:]
-    return run_dir
+    return run_dir, SHARDINGS[request.param]
 
 
 def test_the_entry_points_two_rank_run_is_the_one_process_run(two_ranks, tmp_path):
     from folora.evals import outcomes
 
-    process = run_folora(tmp_path, *RUN, env={"OMP_NUM_THREADS": "1"})
+    two_dir, run = two_ranks
+    process = run_folora(tmp_path, *run, env={"OMP_NUM_THREADS": "1"})
     assert process.returncode == 0, process.stderr[-4000:]
-    one, two = read_results(tmp_path), read_results(two_ranks)
+    one, two = read_results(tmp_path), read_results(two_dir)
     assert two["status"] == "completed" and two["host"]["world_size"] == 2
     assert two["train"]["tokens"] == one["train"]["tokens"]
     assert two["train"]["loss_curve"] == pytest.approx(one["train"]["loss_curve"], rel=1e-5)
     assert _discrete(two) == _discrete(one)
     # per document: every discrete item's outcomes are the one-process run's, every bits-per-byte one within 1e-5
-    one_docs, two_docs = (outcomes.load(d / "outcomes.json.gz")["final"] for d in (tmp_path, two_ranks))
+    one_docs, two_docs = (outcomes.load(d / "outcomes.json.gz")["final"] for d in (tmp_path, two_dir))
     assert one_docs.keys() == two_docs.keys()
     for item, docs in one_docs.items():
         assert two_docs[item]["doc_id"] == docs["doc_id"], item
@@ -139,8 +166,8 @@ def _workers(launcher: subprocess.Popen) -> dict[int, int]:
 
 
 def test_a_stop_signal_on_one_rank_stops_both_and_the_resumed_run_is_the_uninterrupted_one(two_ranks, tmp_path):
-    run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
-    command = torchrun("-m", "folora.run", f"hydra.run.dir={run_dir}", *RUN)
+    (uninterrupted_dir, run), run_dir, log = two_ranks, tmp_path / "run", tmp_path / "stderr.txt"
+    command = torchrun("-m", "folora.run", f"hydra.run.dir={run_dir}", *run)
     with log.open("w") as stderr:
         launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, env=ONE_THREAD)
         deadline = time.time() + 300
@@ -155,7 +182,7 @@ def test_a_stop_signal_on_one_rank_stops_both_and_the_resumed_run_is_the_uninter
     assert 0 < step < 40 and (run_dir / "checkpoint" / "state.pt").exists()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=ONE_THREAD)
     assert again.returncode == 0, again.stderr[-4000:]
-    resumed, uninterrupted = read_results(run_dir), read_results(two_ranks)
+    resumed, uninterrupted = read_results(run_dir), read_results(uninterrupted_dir)
     assert resumed["status"] == "completed" and resumed["resumed_from_step"] == step
     assert resumed["train"]["loss_curve"] == uninterrupted["train"]["loss_curve"]
     assert resumed["metrics"] == uninterrupted["metrics"]
@@ -216,6 +243,14 @@ def test_a_world_size_that_does_not_divide_the_batch_and_a_method_that_cannot_ye
         check_distributed(cfg, build_method(cfg.method))
     cfg = composed("model=tiny-random", "train.batch_size=9", "method.refresh_every=5")
     with pytest.raises(FoloraError, match=r"method=folora cannot run on 3 ranks yet: method.refresh_every=5"):
+        check_distributed(cfg, build_method(cfg.method))
+    for method in ("folora", "lalora"):   # sharded: their optimizer or penalty reads whole matrices
+        cfg = composed("model=tiny-random", "train.batch_size=9", f"method={method}", "train.sharding=fsdp")
+        with pytest.raises(FoloraError, match=rf"method={method} cannot train sharded \(train.sharding=fsdp\) yet: "
+                                              rf".*use train.sharding=ddp"):
+            check_distributed(cfg, build_method(cfg.method))
+    cfg = composed("model=tiny-random", "train.batch_size=9", "method=full", "train.sharding=fsdp", "eval.every=5")
+    with pytest.raises(FoloraError, match=r"eval.every=5 .* set eval.every=0 with train.sharding=fsdp"):
         check_distributed(cfg, build_method(cfg.method))
 
 

@@ -28,6 +28,7 @@ BAD_VALUES = [
     (["train.betas=[0.9]"], ["train.betas=[0.9]", "two numbers in [0, 1)"]),
     (["train.betas=[0.9,1.5]"], ["train.betas=[0.9, 1.5]", "two numbers in [0, 1)"]),
     (["train.weight_decay=-0.1"], ["train.weight_decay=-0.1", ">= 0"]),
+    (["train.sharding=zero3"], ["train.sharding='zero3'", "ddp or fsdp"]),
     (["train.warmup_ratio=1"], ["train.warmup_ratio=1", "[0, 1)"]),
     (["train.max_grad_norm=0"], ["train.max_grad_norm=0", "positive"]),
     (["train.log_every=0"], ["train.log_every=0", "positive"]),

@@ -135,6 +135,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
+        model = distributed.whole_model(model)   # a sharded model gathered whole on rank 0 (None elsewhere)
     if not main:
         return None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -161,6 +162,14 @@ def check_distributed(cfg: DictConfig, method) -> bool:
         blocker = method.distributed_blocker()
         if blocker:
             raise FoloraError(f"method={cfg.method.name} cannot run on {world.size} ranks yet: {blocker}.")
+        if cfg.train.get("sharding", "ddp") == "fsdp":
+            blocker = method.sharding_blocker()
+            if blocker:
+                raise FoloraError(f"method={cfg.method.name} cannot train sharded (train.sharding=fsdp) yet: {blocker}.")
+            if int(cfg.eval.get("every", 0)) > 0:
+                raise FoloraError(f"eval.every={cfg.eval.every} measures trajectory points on rank 0 during training, "
+                                  f"which a sharded model cannot do alone: set eval.every=0 with train.sharding=fsdp "
+                                  f"(the final evaluation runs on the gathered model).")
         distributed.check_batch(int(cfg.train.batch_size))
     return world.main
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError, require
 from folora.methods.options import check_fields, check_method_options, type_matches
+from folora.training.distributed import SHARDINGS
 from folora.training.precision import PRECISIONS
 
 ABSENT = object()
@@ -75,6 +76,7 @@ RULES: tuple[Rule, ...] = (
     Rule("train.log_every", int, positive, "a positive integer (steps between log records)", "train.log_every=4"),
     Rule("train.precision", str, lambda v: v in PRECISIONS, "auto, fp32 or bf16", "train.precision=fp32"),
     Rule("train.group_by_length", bool, None, "true or false", "train.group_by_length=true"),
+    Rule("train.sharding", str, lambda v: v in SHARDINGS, "ddp or fsdp", "train.sharding=fsdp"),
     Rule("train.checkpoint_every", int, non_negative, "an integer >= 0 (steps between checkpoints; 0: only on a "
          "stop signal)", "train.checkpoint_every=10"),
     Rule("train.keep_checkpoint", bool, None, "true or false", "train.keep_checkpoint=true"),

@@ -262,6 +262,10 @@ class FoLoRA(PeftLoRAMethod):
                     f"method.refresh_every=0 (the default), or on one process")
         return None
 
+    def sharding_blocker(self) -> str | None:
+        return ("its gated Adam turns whole A and B matrices into each input group's spectral basis, and FSDP gives "
+                "each rank a slice of them; use train.sharding=ddp")
+
     def step_metrics(self) -> dict:
         """Forgetting watched live: the proxy-penalty and utility estimates and the gate statistics."""
         return self._optimizer.statistics([self.scale] * len(self.pairs)) if self._optimizer else {}

@@ -88,6 +88,11 @@ class Method:
         reads statistics of the batches it sees (not only gradients, which DDP reduces) says so here."""
         return None
 
+    def sharding_blocker(self) -> str | None:
+        """Why this method cannot train sharded (`train.sharding=fsdp`, each rank holding a slice of every weight);
+        None: it can. A method whose optimizer or penalty reads whole weight matrices says so here."""
+        return None
+
     def on_step(self, step: int) -> None:
         """Called after every optimizer step (e.g. to refresh a basis)."""
 

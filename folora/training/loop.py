@@ -8,7 +8,6 @@ the figures the bench reports are of the loop real runs execute."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -135,10 +134,11 @@ class StepResult:
 
 def make_trainer(model: torch.nn.Module, method: Method, cfg: DictConfig, device: torch.device) -> Trainer:
     """The method's optimizer over the trainable parameters, with linear warmup and cosine decay over `cfg.steps`."""
+    wrapped = distributed.wrap(model, str(cfg.get("sharding", "ddp")))   # FSDP2 replaces the parameters: wrap first
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.optimizer(params, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * cfg.steps), cfg.steps))
-    return Trainer(distributed.wrap(model), method, optimizer, schedule, params, float(cfg.max_grad_norm), device,
+    return Trainer(wrapped, method, optimizer, schedule, params, float(cfg.max_grad_norm), device,
                    precision.resolve(cfg.get("precision", "fp32"), device), unwrapped=model)
 
 
@@ -159,7 +159,7 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
     penalty = method.regularizer(trainer.unwrapped or model)
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
-        with model.no_sync() if world.distributed and not last else contextlib.nullcontext():
+        with distributed.gradient_sync(model, last):
             with precision.autocast(trainer.precision, trainer.device):
                 loss = token_loss_sum(model, batch) / n_targets
             if world.distributed:
@@ -178,7 +178,8 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
     trainer.schedule.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     method.on_step(step)
-    return StepResult(loss=loss_value, penalty=penalty, grad_norm=float(grad_norm), tokens=tokens, lr=lr)
+    return StepResult(loss=loss_value, penalty=penalty, grad_norm=float(distributed.whole_value(grad_norm)),
+                      tokens=tokens, lr=lr)
 
 
 def train(model: torch.nn.Module, method: Method, examples: list[dict], cfg: DictConfig, *, pad_id: int,
@@ -241,9 +242,12 @@ def training_state(trainer: Trainer, summary: TrainSummary, grad_accum: int) -> 
     """Everything the next step depends on, after `summary.steps` steps (see `folora.training.checkpoint`)."""
     # copied to the CPU: for a full fine-tune the trainable weights are the whole model, and a second copy on the
     # accelerator is what a checkpoint must not cost
-    weights = {name: p.detach().to("cpu", copy=True) for name, p in trainer.model.named_parameters() if p.requires_grad}
+    # (a sharded model's weights and optimizer state gathered whole: every rank takes part, rank 0 writes them)
+    weights = {name: distributed.whole_value(p.detach()).to("cpu", copy=True)
+               for name, p in trainer.model.named_parameters() if p.requires_grad}
     return {"step": summary.steps, "batches_read": summary.steps * grad_accum, "weights": weights,
-            "optimizer": trainer.optimizer.state_dict(), "schedule": trainer.schedule.state_dict(),
+            "optimizer": distributed.optimizer_state(trainer.model, trainer.optimizer),
+            "schedule": trainer.schedule.state_dict(),
             "method": trainer.method.state_dict(), "rng": rng_state(), "summary": summary.progress()}
 
 
@@ -253,11 +257,9 @@ def restore_training(trainer: Trainer, summary: TrainSummary, stream, state: dic
     if set(trainable) != set(state["weights"]):
         raise FoloraError("The checkpoint's trainable parameters are not this model's; delete the run folder's "
                           "checkpoint/ to start the run over.")
-    with torch.no_grad():
-        for name, p in trainable.items():
-            p.copy_(state["weights"][name])
+    distributed.load_weights(trainer.model, state["weights"])
     trainer.method.load_state_dict(state["method"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
     trainer.schedule.load_state_dict(state["schedule"])
     for _ in range(state["batches_read"]):   # the stream is deterministic in its seed: read past what was used
         next(stream)
