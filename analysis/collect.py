@@ -70,7 +70,8 @@ def record_row(data: dict, run: str) -> dict:
            "model": (config.get("model") or {}).get("name"), "task": (config.get("task") or {}).get("name"),
            "method": (config.get("method") or {}).get("name"), "knob": knob, "knob_value": knob_value,
            "seed": config.get("seed"), "variant": config.get("variant"), "numerics": data.get("numerics", 1),
-           "lr": _select(config, "train.lr")}   # each method's own default where its YAML sets one (method.lr)
+           "lr": _select(config, "train.lr"),   # each method's own default where its YAML sets one (method.lr)
+           "steps": _select(config, "train.steps")}
     preservation = data.get("preservation") or {}
     sources = {"target_gain": data.get("target_gain"), "forgetting": data.get("forgetting"),
                "kl_to_base": data.get("kl_to_base"), "preservation": preservation.get("mean_change")}

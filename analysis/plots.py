@@ -1,5 +1,6 @@
-"""An experiment's figures, each as PNG and PDF: the learning-vs-forgetting trade-off plot, the per-item heat map of
-paired changes, and the learning–forgetting trajectories of every run."""
+"""An experiment's figures, each as PNG and PDF: the learning-vs-forgetting trade-off plot, learning and forgetting
+against training duration, the per-item heat map of paired changes, and the learning–forgetting trajectories of
+every run."""
 
 from __future__ import annotations
 
@@ -58,14 +59,17 @@ def _tradeoff_panel(ax, part: pd.DataFrame, x: str, y: str, colours: dict) -> No
 
 
 def _tradeoff_curve(ax, rows: pd.DataFrame, x: str, y: str, name: str, colour) -> None:
-    """One method's cells joined in knob order, each labelled with its knob value where there are several."""
-    if "knob_value" in rows:
-        rows = rows.sort_values("knob_value", key=lambda s: s.map(sort_key))
+    """One method's cells joined in knob order (or, along a duration axis, in order of training steps), each labelled
+    with its knob value (or its steps) where there are several."""
+    along = "steps" if "steps" in rows and rows.steps.nunique() > 1 else "knob_value"
+    if along in rows:
+        rows = rows.sort_values(along, key=lambda s: s.map(sort_key))
     ax.errorbar(rows[f"{x}_mean"], rows[f"{y}_mean"], xerr=_bars(rows, x), yerr=_bars(rows, y),
                 fmt="o-" if len(rows) > 1 else "o", color=colour, label=name, capsize=3, markersize=6, linewidth=1.2)
-    if len(rows) > 1 and "knob_value" in rows:
+    if len(rows) > 1 and along in rows:
         for _, r in rows.iterrows():
-            ax.annotate(f"{r.knob_value}", (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
+            label = f"{r.steps} steps" if along == "steps" else f"{r.knob_value}"
+            ax.annotate(label, (r[f"{x}_mean"], r[f"{y}_mean"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=colour)
 
 
@@ -145,6 +149,34 @@ def _mean_changes(part: pd.DataFrame, labels: list[str], items: list[str]) -> tu
 def _higher_is_better(part: pd.DataFrame, item: str) -> bool:
     value = part[f"hib:{item}"].iloc[0] if f"hib:{item}" in part else True
     return True if pd.isna(value) else bool(value)
+
+
+DURATION_METRICS = ("target_gain", "val_loss_decrease", "forgetting", "kl_to_base")
+
+
+def durations_plot(summary: pd.DataFrame, title: str, out: Path) -> list[Path]:
+    """Learning and forgetting against training duration, as Biderman et al. (2024) plot them: one panel per measure
+    (target gain, validation loss decrease, forgetting, KL) and one row per task; x: training steps (log scale),
+    one line per method, error bars = the cells' 95% intervals."""
+    tasks = sorted(summary.task.unique())
+    metrics = [m for m in DURATION_METRICS if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
+    fig, axes = plt.subplots(len(tasks), len(metrics), figsize=(4.6 * len(metrics), 4.0 * len(tasks)), squeeze=False)
+    summary = summary.assign(series=series(summary), steps=pd.to_numeric(summary.steps))
+    colours = _colours(summary.series)
+    for row, task in zip(axes, tasks, strict=True):
+        part = summary[summary.task == task]
+        for ax, metric in zip(row, metrics, strict=True):
+            for name, rows in part[part[f"{metric}_mean"].notna()].groupby("series", sort=True):
+                rows = rows.sort_values("steps")
+                ax.errorbar(rows.steps, rows[f"{metric}_mean"], yerr=_bars(rows, metric), fmt="o-", capsize=3,
+                            color=colours[name], label=name, markersize=5, linewidth=1.2)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(part.steps.unique()), [f"{s:g}" for s in sorted(part.steps.unique())])
+            ax.axhline(0.0, color="black", linewidth=0.5, alpha=0.4)
+            ax.set(xlabel="training steps", ylabel=METRIC_LABELS.get(metric, metric), title=f"{title} — task {task}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+    return _save(fig, out / "durations")
 
 
 def trajectory_plot(frame: pd.DataFrame, title: str, out: Path) -> list[Path]:

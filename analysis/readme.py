@@ -28,7 +28,7 @@ COLUMNS_NOTE = (
     "the focus method against each other method at the defaults, `variants.csv` the paired variant comparison, "
     "`provenance.json` the sweep commands and wall times.")
 
-FIGURES = ("tradeoff", "trajectories", "change_heatmap")
+FIGURES = ("durations", "tradeoff", "trajectories", "change_heatmap")
 
 
 def readme_text(spec, shown: pd.DataFrame, provenance: dict, written: dict) -> str:

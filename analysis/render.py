@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.comparisons import focus_comparison, matched_comparison, method_comparison, variant_comparison
 from analysis.labels import LEARNING
-from analysis.plots import change_heatmap, tradeoff_plot, trajectory_plot
+from analysis.plots import change_heatmap, durations_plot, tradeoff_plot, trajectory_plot
 from analysis.readme import readme_text
 from analysis.stats import summarize
 from analysis.tables import display_table, write_tables
@@ -60,6 +60,8 @@ def _figures(frame: pd.DataFrame, summary: pd.DataFrame, title: str, plots: list
     written = {}
     if "tradeoff" in plots and has_tradeoff:
         written["tradeoff"] = tradeoff_plot(summary, title, out)
+    if "durations" in plots and "steps" in summary and pd.to_numeric(summary.steps).nunique() > 1:
+        written["durations"] = durations_plot(summary, title, out)
     if "change_heatmap" in plots and not frame.empty:
         written["change_heatmap"] = change_heatmap(frame, title, out)
     if "trajectories" in plots and not frame.empty and "trajectory" in frame:

@@ -281,13 +281,15 @@ def test_the_multi_gpu_slurm_launcher_composes_one_task_per_gpu():
 
 
 @pytest.mark.gpu
-def test_two_ranks_on_nccl_train_as_one_process(tmp_path):
-    """The same equality on GPUs: NCCL, two ranks, one GPU each (run where two GPUs are present)."""
+@pytest.mark.parametrize("sharding", sorted(SHARDINGS))
+def test_two_ranks_on_nccl_train_as_one_process(tmp_path, sharding):
+    """The same equality on GPUs: NCCL, two ranks, one GPU each (run where two GPUs are present), with DDP (LoRA)
+    and with FSDP2 (full fine-tuning)."""
     import torch
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    run = [*RUN, "device=cuda"]
+    run = [*SHARDINGS[sharding], "device=cuda"]
     two = subprocess.run(torchrun("-m", "folora.run", f"hydra.run.dir={tmp_path / 'two'}", *run), cwd=REPO,
                          capture_output=True, text=True, timeout=1800)
     assert two.returncode == 0, two.stderr[-4000:]

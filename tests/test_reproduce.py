@@ -602,3 +602,25 @@ def test_a_completed_cell_without_a_metric_reads_not_recorded():
     shown = display_table(summarize(frame, ["task", "method", "knob_value"], metrics), ["task", "method", "knob_value"],
                           metrics)
     assert shown.iloc[0].val_loss_decrease == "not recorded" and shown.iloc[0].target_gain.startswith("+0.15")
+
+
+def test_the_durations_grid_plots_learning_and_forgetting_against_training_steps(tmp_path):
+    """experiments/durations.yaml rendered from its cells: durations.png (x: steps) beside the trade-off plot, whose
+    curves join each method's durations in order of steps; the table has a row per method and duration."""
+    from analysis.render import render_experiment
+    from experiments.grid import load_experiment
+
+    rows = [{"task": "math", "method": method, "knob": "train.lr", "knob_value": 2e-3, "seed": seed, "steps": steps,
+             "variant": f"steps_{steps}", "status": "completed", "numerics": 2, "kind": "run",
+             "target_gain": 0.1 * scale + 0.01 * seed, "val_loss_decrease": 0.5 * scale, "forgetting": 0.01 * scale * k,
+             "kl_to_base": 0.2 * scale * k, "preservation": -0.01 * scale}
+            for method, k in (("lora", 1.0), ("full", 2.0)) for seed in range(3)
+            for steps, scale in ((40, 1.0), (160, 1.5), (320, 1.8))]
+    provenance = {"cells": {"total": 18, "completed": 18}, "not_completed": [], "command": "make reproduce-table "
+                  "TABLE=durations", "runs": "results/durations/runs"}
+    written = render_experiment(pd.DataFrame(rows), load_experiment("durations", []), tmp_path, provenance)
+    assert (tmp_path / "durations.png").is_file() and written["durations"]
+    assert (tmp_path / "tradeoff.png").is_file() and "![durations](durations.png)" in (tmp_path / "README.md").read_text()
+    table = written["summary"]
+    assert len(table) == 6 and sorted(table.steps.unique()) == [40, 160, 320]
+    assert table.set_index(["method", "steps"]).loc[("full", 320), "forgetting_mean"] == pytest.approx(0.036)
