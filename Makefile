@@ -35,8 +35,11 @@ audit: $(STAMP)
 	@test -n "$(TUNED)" || { echo 'make audit: set TUNED=<adapter or model folder> (several: TUNED="[a,b]")' >&2; exit 2; }
 	$(PY) -m folora.audit 'tuned=$(TUNED)' $(ARGS)
 
+# Test files spread over TEST_JOBS worker processes of one thread each (pytest-xdist; a file's tests share a worker
+# and its fixtures). TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check folora baselines analysis experiments scripts tests
