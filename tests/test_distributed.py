@@ -150,6 +150,30 @@ def test_the_entry_points_two_rank_run_is_the_one_process_run(two_ranks, tmp_pat
             assert two_docs[item]["num"] == docs["num"], item
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_on_two_ranks_through_the_entry_point_has_the_one_process_outcomes(method, tmp_path):
+    """Every method as a user runs it (`torchrun ... -m folora.run`), 10 steps in fp32: the two-rank run's loss curve
+    within 1e-5 of one process's and its per-document outcomes the same (`pytest -m slow`: about 10 min)."""
+    from folora.evals import outcomes
+
+    run = [*TINY, f"method={method}", "threads=1", "eval.every=0", "eval.limit=2", "train.steps=10",
+           "train.checkpoint_every=0", "train.precision=fp32", "calibration_cache=false"]
+    two = subprocess.run(torchrun("-m", "folora.run", f"hydra.run.dir={tmp_path / 'two'}", *run), cwd=REPO,
+                         capture_output=True, text=True, timeout=900, env=ONE_THREAD)
+    assert two.returncode == 0, two.stderr[-4000:]
+    one = run_folora(tmp_path / "one", *run, env={"OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-4000:]
+    a, b = read_results(tmp_path / "one"), read_results(tmp_path / "two")
+    assert b["train"]["loss_curve"] == pytest.approx(a["train"]["loss_curve"], rel=1e-5)
+    one_docs, two_docs = (outcomes.load(tmp_path / d / "outcomes.json.gz")["final"] for d in ("one", "two"))
+    for item, docs in one_docs.items():
+        if a["roles"].get(item) == "forgetting":
+            assert two_docs[item]["num"] == pytest.approx(docs["num"], rel=1e-5), item
+        else:
+            assert two_docs[item]["num"] == docs["num"], item
+
+
 def _workers(launcher: subprocess.Popen) -> dict[int, int]:
     """{local rank: pid} of torchrun's worker processes."""
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
