@@ -27,9 +27,10 @@ def train_every_method(methods: list[str], cache_dir: Path, extra: list[str] = (
     from folora.methods.base import MethodContext
     from folora.methods.build import build_method
     from folora.training.checkpoint import Checkpointer
-    from folora.training.distributed import current, whole_value
+    from folora.training.distributed import current
     from folora.training.loop import train
     from folora.training.rng import seed_everything
+    from folora.training.sharding import whole_value
     from tests.conftest import composed, model_and_task
 
     torch.set_num_threads(1)

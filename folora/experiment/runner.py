@@ -31,7 +31,7 @@ from folora.records.loggers import NullLogger, start_logger
 from folora.records.run_record import RunRecord
 from folora.records.timing import Phases
 from folora.tasks.data import load_task_data
-from folora.training import distributed, precision
+from folora.training import distributed, precision, sharding
 from folora.training.checkpoint import Checkpointer, checkpoint_identity
 from folora.training.device import apply_threads, pick_device, release_memory
 from folora.training.loop import train, validation_loss
@@ -135,7 +135,7 @@ def _run(cfg: DictConfig, run_dir: Path, record: RunRecord, logger, checkpoints:
         summary = train(model, method, task.train, cfg.train, pad_id=tokenizer.pad_token_id, device=device,
                         seed=int(cfg.seed), log=logger.log, trajectory=trajectory, checkpoints=checkpoints,
                         resume=resume)
-        model = distributed.whole_model(model)   # a sharded model gathered whole on rank 0 (None elsewhere)
+        model = sharding.whole_model(model)   # a sharded model gathered whole on rank 0 (None elsewhere)
     if not main:
         return None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

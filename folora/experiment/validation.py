@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from folora.errors import FoloraError, require
 from folora.methods.options import check_fields, check_method_options, type_matches
-from folora.training.distributed import SHARDINGS
 from folora.training.precision import PRECISIONS
+from folora.training.sharding import SHARDINGS
 
 ABSENT = object()
 ITEM_KINDS = ("math", "code", "instruction", "knowledge", "language", "other")

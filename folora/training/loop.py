@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from folora.errors import FoloraError
 from folora.methods.base import Method
 from folora.tasks.data import IGNORE_INDEX, collate
-from folora.training import distributed, precision
+from folora.training import distributed, precision, sharding
 from folora.training.checkpoint import Checkpointer
 from folora.training.rng import rng_state, set_rng_state
 from folora.training.signals import Interrupted, stop_requested, training_section
@@ -134,7 +134,7 @@ class StepResult:
 
 def make_trainer(model: torch.nn.Module, method: Method, cfg: DictConfig, device: torch.device) -> Trainer:
     """The method's optimizer over the trainable parameters, with linear warmup and cosine decay over `cfg.steps`."""
-    wrapped = distributed.wrap(model, str(cfg.get("sharding", "ddp")))   # FSDP2 replaces the parameters: wrap first
+    wrapped = sharding.wrap(model, str(cfg.get("sharding", "ddp")))   # FSDP2 replaces the parameters: wrap first
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = method.optimizer(params, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * cfg.steps), cfg.steps))
@@ -159,7 +159,7 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
     penalty = method.regularizer(trainer.unwrapped or model)
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
-        with distributed.gradient_sync(model, last):
+        with sharding.gradient_sync(model, last):
             with precision.autocast(trainer.precision, trainer.device):
                 loss = token_loss_sum(model, batch) / n_targets
             if world.distributed:
@@ -178,7 +178,7 @@ def training_step(trainer: Trainer, micro_batches: list[dict[str, torch.Tensor]]
     trainer.schedule.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     method.on_step(step)
-    return StepResult(loss=loss_value, penalty=penalty, grad_norm=float(distributed.whole_value(grad_norm)),
+    return StepResult(loss=loss_value, penalty=penalty, grad_norm=float(sharding.whole_value(grad_norm)),
                       tokens=tokens, lr=lr)
 
 
@@ -243,10 +243,10 @@ def training_state(trainer: Trainer, summary: TrainSummary, grad_accum: int) -> 
     # copied to the CPU: for a full fine-tune the trainable weights are the whole model, and a second copy on the
     # accelerator is what a checkpoint must not cost
     # (a sharded model's weights and optimizer state gathered whole: every rank takes part, rank 0 writes them)
-    weights = {name: distributed.whole_value(p.detach()).to("cpu", copy=True)
+    weights = {name: sharding.whole_value(p.detach()).to("cpu", copy=True)
                for name, p in trainer.model.named_parameters() if p.requires_grad}
     return {"step": summary.steps, "batches_read": summary.steps * grad_accum, "weights": weights,
-            "optimizer": distributed.optimizer_state(trainer.model, trainer.optimizer),
+            "optimizer": sharding.optimizer_state(trainer.model, trainer.optimizer),
             "schedule": trainer.schedule.state_dict(),
             "method": trainer.method.state_dict(), "rng": rng_state(), "summary": summary.progress()}
 
@@ -257,9 +257,9 @@ def restore_training(trainer: Trainer, summary: TrainSummary, stream, state: dic
     if set(trainable) != set(state["weights"]):
         raise FoloraError("The checkpoint's trainable parameters are not this model's; delete the run folder's "
                           "checkpoint/ to start the run over.")
-    distributed.load_weights(trainer.model, state["weights"])
+    sharding.load_weights(trainer.model, state["weights"])
     trainer.method.load_state_dict(state["method"])
-    distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
+    sharding.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
     trainer.schedule.load_state_dict(state["schedule"])
     for _ in range(state["batches_read"]):   # the stream is deterministic in its seed: read past what was used
         next(stream)
