@@ -33,7 +33,7 @@ def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     # rank 0 evaluates and exports a whole model after training: a copy on the CPU, filled from the shards then
-    whole = copy.deepcopy(model).to("cpu") if current().main else None
+    whole = _cpu_copy(model) if current().main else None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = set(getattr(base, "_no_split_modules", None) or ())   # transformers' decoder block classes
     for module in base.modules():
@@ -42,6 +42,17 @@ def _fully_shard(model: torch.nn.Module) -> torch.nn.Module:
     fully_shard(model)
     model.__dict__["_folora_whole"] = whole   # not a submodule: FSDP and the optimizer never see it
     return model
+
+
+def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` on the CPU made tensor by tensor, so that an accelerator never holds a second copy (deepcopy
+    takes each parameter and buffer from the memo; tied weights stay tied)."""
+    memo: dict = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(model, memo)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
