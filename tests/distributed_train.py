@@ -1,7 +1,6 @@
 """Every method's calibration and training on a tiny model, as the runner does them, on however many ranks this
-process belongs to: `torchrun --nproc_per_node=2 tests/distributed_train.py OUT.json CACHE METHODS [OVERRIDES...]` (rank 0 writes
-OUT.json), or
-`train_every_method()` in one process. tests/test_distributed.py compares the two."""
+process belongs to: `torchrun --nproc_per_node=2 tests/distributed_train.py OUT.json CACHE METHODS [OVERRIDES...]`
+(rank 0 writes OUT.json), or `train_every_method()` in one process. tests/test_distributed.py compares the two."""
 
 from __future__ import annotations
 

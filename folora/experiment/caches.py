@@ -93,9 +93,10 @@ def prepare_calibrated(method: Method, model: torch.nn.Module, ctx: MethodContex
         if world.main:
             print(f"[folora] calibration from the cache: {shared.path}", flush=True)
     model = method.prepare(model, ctx).to(ctx.device)
+    state = method.calibration_state()
     if not resumed:
-        distributed.check_identical(method.calibration_state(), f"{method.name} calibration")
-        checkpoints.save_calibration(method.calibration_state())
+        distributed.check_identical(state, f"{method.name} calibration")
+        checkpoints.save_calibration(state)
     if shared is not None and shared.state is None and world.main:
-        calibration_cache.save(ctx.cache_dir, shared.key, method.calibration_state())
+        calibration_cache.save(ctx.cache_dir, shared.key, state)
     return model, shared.summary() if shared is not None else None

@@ -33,7 +33,8 @@ SOURCE_SUFFIXES = {".py", ".yaml", ".jsonl", ".json"}
 # resumes under another (a sweep restarted with fewer threads, a different W&B mode, checkpoints kept or not), and
 # a cell computed with one is adopted by a run with another.
 EXECUTION_KEYS = ("threads", "skip_completed", "logger", "train.checkpoint_every", "train.keep_checkpoint",
-                  "train.on_code_change", "experiment", "reuse_from", "calibration_cache", "distributed_timeout_min", "train.sharding")
+                  "train.on_code_change", "experiment", "reuse_from", "calibration_cache", "distributed_timeout_min",
+                  "train.sharding")
 
 
 @dataclass(frozen=True)

@@ -164,14 +164,19 @@ def check_identical(state, what: str) -> None:
     counts for the record) is rank 0's to report."""
     if not current().distributed:
         return
-    digests = [None] * current().size
-    dist.all_gather_object(digests, _digest(state))
-    if len(set(digests)) > 1:
-        differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    differ = _differing_ranks(_digest(state))
+    if differ:
         raise FoloraError(f"The {what} computed on ranks {differ} differs from rank 0's, though every rank computed it "
                           f"from the same statistics (a nondeterministic kernel on this device?). Run the same "
                           f"command once on one process: its calibration lands in the calibration cache, which a "
                           f"distributed run reads on rank 0 and broadcasts.")
+
+
+def _differing_ranks(digest: str) -> list[int]:
+    """The ranks whose `digest` differs from rank 0's (every rank calls it; the same list on each)."""
+    digests = [None] * current().size
+    dist.all_gather_object(digests, digest)
+    return [rank for rank, d in enumerate(digests) if d != digests[0]]
 
 
 def _digest(value, hasher=None) -> str:
@@ -246,11 +251,8 @@ def check_same_config(resolved: dict) -> None:
     """Stop on every rank when the ranks were started with different configs (a run is one config)."""
     if not current().distributed:
         return
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
-    digests = [None] * current().size
-    dist.all_gather_object(digests, digest)
-    if len(set(digests)) > 1:
-        differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    differ = _differing_ranks(hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest())
+    if differ:
         raise FoloraError(f"The ranks of this distributed run were started with different configs (ranks {differ} "
                           f"differ from rank 0): start every rank with the same command and overrides.")
 
